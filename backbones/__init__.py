@@ -1,0 +1,30 @@
+"""Backbone zoo: every network returns ``dict[stride, Tensor]`` and declares ``channels``."""
+
+from ._base import (
+    BACKBONES,
+    Backbone,
+    ImageClassifier,
+    SequentialBackbone,
+    count_madds,
+    count_params,
+    create_backbone,
+    create_classifier,
+    list_backbones,
+    load_state_dict_file,
+    register_backbone,
+)
+from . import mobilenetv3  # noqa: F401  (registers its factories)
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "ImageClassifier",
+    "SequentialBackbone",
+    "count_madds",
+    "count_params",
+    "create_backbone",
+    "create_classifier",
+    "list_backbones",
+    "load_state_dict_file",
+    "register_backbone",
+]

@@ -1,0 +1,183 @@
+"""Training loop: config validation, LR schedule, sampler, exact resume, non-finite guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mobiledense.tools.checkpoint import CheckpointManager, load_checkpoint, save_atomic
+from mobiledense.tools.engine import ResumableSampler, TrainConfig, Trainer
+
+
+class NoisyRegression(Dataset):
+    """y = A x + noise, with random per-sample augmentation drawn from numpy (seeded by the engine)."""
+
+    def __init__(self, n: int = 40, bad: set[int] = frozenset()) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 3, generator=g)
+        self.bad = bad
+        self.transforms = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        if i in self.bad:
+            raise OSError(f"sample {i} is corrupt")
+        jitter = torch.from_numpy(np.random.normal(0, 0.1, 8).astype("float32"))
+        return self.x[i] + jitter, self.y[i]
+
+
+def collate(samples):
+    xs, ys = zip(*samples)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def mse(model, x, y):
+    return {"mse": nn.functional.mse_loss(model(x), y)}
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = TrainConfig(epochs=3, batch_size=4, lr=0.05, warmup_iters=3, workers=0, eval_every=0,
+                       log_every=1000, keep_checkpoints=2)
+    return dataclasses.replace(base, **kw)
+
+
+def trainer(tmp: Path, model: nn.Module | None = None, data: Dataset | None = None, **kw) -> Trainer:
+    return Trainer(model or make_model(), data or NoisyRegression(), collate, mse, cfg(**kw), tmp,
+                   progress=False)
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="lr must be > 0.*batch_size must be > 0|batch_size must be > 0.*lr must be > 0"):
+        cfg(lr=-1.0, batch_size=0).validate()
+    with pytest.raises(ValueError, match="optimizer must be"):
+        cfg(optimizer="rmsprop").validate()
+
+
+def test_lr_schedule_warmup_cosine_poly() -> None:
+    c = cfg(lr=1.0, warmup_iters=10, warmup_factor=0.1)
+    assert c.lr_at(0, 100) == pytest.approx(0.1)
+    assert c.lr_at(10, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert c.lr_at(100, 100) == pytest.approx(0.0)
+    p = cfg(lr=1.0, warmup_iters=0, schedule="poly", poly_power=0.9)
+    assert p.lr_at(50, 100) == pytest.approx(0.5 ** 0.9)
+
+
+def test_sampler_is_seeded_sharded_and_resumable() -> None:
+    a = ResumableSampler(10, 2, seed=3)
+    a.set_epoch(1)
+    full = list(a)
+    a.set_epoch(1, start_batch=2)
+    assert list(a) == full[4:]
+    a.set_epoch(2)
+    assert list(a) != full  # a new permutation each epoch
+    ranks = [ResumableSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(1)
+    shards = [list(r) for r in ranks]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 4
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    ref = trainer(tmp_path / "ref")
+    ref.fit()
+
+    # Run with mid-epoch checkpoints, stop "abruptly" after 1.5 epochs, resume in a new Trainer.
+    first = trainer(tmp_path / "cut", ckpt_every_steps=3)
+    assert first.steps_per_epoch == 10
+    stop_at = 15
+
+    class Stop(Exception):
+        pass
+
+    original = first._train_step
+
+    def step_then_maybe_stop(*a):
+        if first.step == stop_at:
+            raise Stop
+        return original(*a)
+
+    first._train_step = step_then_maybe_stop
+    with pytest.raises(Stop):
+        first.fit()
+    latest = CheckpointManager(tmp_path / "cut" / "checkpoints").latest()
+    assert load_checkpoint(latest)["step"] == 15
+
+    resumed = trainer(tmp_path / "cut", ckpt_every_steps=3)
+    assert resumed.resume("auto")
+    assert resumed.step == 15 and resumed.epoch == 1 and resumed.batch_in_epoch == 5
+    resumed.fit()
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert len(CheckpointManager(tmp_path / "cut" / "checkpoints").checkpoints()) == 2  # keep=2
+
+
+def test_nonfinite_losses_are_skipped_then_abort(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def sometimes_nan(model, x, y):
+        calls["n"] += 1
+        loss = nn.functional.mse_loss(model(x), y)
+        return {"mse": loss * float("nan") if calls["n"] in (2, 3) else loss}
+
+    t = Trainer(make_model(), NoisyRegression(), collate, sometimes_nan, cfg(epochs=1), tmp_path,
+                progress=False)
+    before = [p.clone() for p in t.model.parameters()]
+    m = t.fit()
+    assert m["nonfinite_total"] == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
+
+    always_nan = lambda model, x, y: {"mse": model(x).sum() * float("nan")}  # noqa: E731
+    t = Trainer(make_model(), NoisyRegression(), collate, always_nan, cfg(max_nonfinite=3), tmp_path / "b",
+                progress=False)
+    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+        t.fit()
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path: Path) -> None:
+    t = trainer(tmp_path, data=NoisyRegression(bad={0, 7}), epochs=1)
+    assert t.fit()["bad_samples"] == 2
+    t = trainer(tmp_path / "strict", data=NoisyRegression(bad={0, 7, 9}), epochs=1, max_bad_samples=1)
+    with pytest.raises(RuntimeError, match="failed to load"):
+        t.fit()
+
+
+def test_checkpoints_are_atomic_and_safe(tmp_path: Path) -> None:
+    path = save_atomic({"w": torch.ones(2)}, tmp_path / "a.pt")
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temp file left
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_another_model(tmp_path: Path) -> None:
+    t = trainer(tmp_path, epochs=1)
+    t.run_info = {"model": "a", "num_classes": 3}
+    t.fit()
+    t2 = trainer(tmp_path, epochs=2)
+    t2.run_info = {"model": "b", "num_classes": 3}
+    with pytest.raises(ValueError, match="model='a'"):
+        t2.resume("auto")

@@ -1,0 +1,604 @@
+"""The training loop shared by ``train det`` and ``train seg``.
+
+What it guarantees:
+
+* **Exact resume.** Sample order comes from a per-epoch seeded permutation
+  (:class:`ResumableSampler`) and every sample's augmentation from a seed
+  derived from ``(seed, epoch, index)`` (:class:`SeededDataset`), so neither
+  depends on worker count or on where a run was interrupted. The LR is a pure
+  function of the step. A checkpoint stores model, optimiser, scaler, EMA,
+  torch RNG and the position inside the epoch; resuming from it continues the
+  same trajectory an uninterrupted run takes.
+* **No silent garbage.** A non-finite loss skips the step (counted, logged);
+  ``max_nonfinite`` in a row aborts with a message. A sample that fails to load
+  is skipped (counted, its error logged) up to ``max_bad_samples``.
+* **DDP.** Started with ``torchrun``, it shards the sampler, all-reduces the
+  skip decision so ranks never diverge, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .checkpoint import CheckpointManager, load_checkpoint
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "ResumableSampler",
+    "SeededDataset",
+    "init_distributed",
+    "is_main_process",
+]
+
+log = logging.getLogger("mobiledense.train")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe; every field is saved beside the checkpoints."""
+
+    epochs: int = 660
+    batch_size: int = 24
+    lr: float = 0.15
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    warmup_iters: int = 1000
+    warmup_factor: float = 1e-3
+    amp: bool = True  # only takes effect on CUDA
+    channels_last: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9998
+    clip_grad_norm: float | None = None
+    workers: int = 4
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 1  # epochs; 0 = never
+    ckpt_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
+    keep_checkpoints: int = 3
+    max_nonfinite: int = 10
+    max_bad_samples: int = 100
+    max_steps_per_epoch: int = 0  # 0 = full epoch (for smoke runs)
+    log_every: int = 20
+    tensorboard: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming each invalid field and what is allowed."""
+        errors = []
+        positive = ("epochs", "batch_size", "lr", "keep_checkpoints", "max_nonfinite")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "momentum", "warmup_iters", "workers", "eval_every",
+                     "ckpt_every_steps", "max_steps_per_epoch", "max_bad_samples", "min_lr"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            errors.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "poly", "constant"):
+            errors.append(f"schedule must be 'cosine', 'poly' or 'constant', got {self.schedule!r}")
+        if not 0 < self.warmup_factor <= 1:
+            errors.append(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if not 0 < self.ema_decay < 1:
+            errors.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            errors.append(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+        if errors:
+            raise ValueError("invalid training config: " + "; ".join(errors))
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+        t = min(step / max(total_steps, 1), 1.0)
+        if self.schedule == "cosine":
+            lr = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        elif self.schedule == "poly":
+            lr = self.min_lr + (self.lr - self.min_lr) * (1 - t) ** self.poly_power
+        else:
+            lr = self.lr
+        if step < self.warmup_iters:
+            alpha = step / self.warmup_iters
+            lr *= self.warmup_factor * (1 - alpha) + alpha
+        return lr
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def init_distributed(timeout_s: float = 600.0) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed from torchrun's environment (no-op otherwise).
+
+    Returns ``(rank, world_size, device)``. NCCL on CUDA, gloo on CPU.
+    """
+    from datetime import timedelta
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return rank, world, device
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def _mix(*values: int) -> int:
+    """A stable 63-bit seed from integers (independent of PYTHONHASHSEED)."""
+    h = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded per-epoch permutation, sharded over ranks, that can start mid-epoch.
+
+    Epoch ``e``'s order is a pure function of ``(seed, e)``; ``set_epoch(e,
+    start_batch=k)`` skips this rank's first ``k`` batches, which is how a run
+    resumes inside an epoch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+        if num_samples <= 0:
+            raise ValueError("the dataset is empty: nothing to sample")
+        self.n, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
+        self.rank, self.world, self.drop_last = rank, world_size, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = self.n // self.world if self.drop_last else math.ceil(self.n / self.world)
+        order = (order * math.ceil(per_rank * self.world / self.n))[: per_rank * self.world]
+        mine = order[self.rank::self.world]
+        if self.drop_last:
+            mine = mine[: len(mine) // self.batch_size * self.batch_size]
+        return mine
+
+    def batches_per_epoch(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start_batch * self.batch_size:])
+
+    def __len__(self) -> int:
+        return max(len(self._indices()) - self.start_batch * self.batch_size, 0)
+
+
+class SeededDataset(Dataset):
+    """Seeds each sample's augmentation from ``(seed, epoch, index)`` and skips bad samples.
+
+    The wrapped dataset's ``transforms`` (an albumentations ``Compose`` or
+    anything with ``set_random_seed``) and the ``random``/``numpy`` global
+    generators are seeded before each ``__getitem__``. A sample that raises
+    comes back as ``None`` (logged with its error), and :func:`skip_none_collate`
+    drops it from the batch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, skip_errors: bool = True) -> None:
+        self.dataset, self.seed, self.epoch, self.skip_errors = dataset, seed, 0, skip_errors
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        s = _mix(self.seed, self.epoch, index) % 2**32
+        random.seed(s)
+        np.random.seed(s)
+        tf = getattr(self.dataset, "transforms", None)
+        if hasattr(tf, "set_random_seed"):
+            tf.set_random_seed(s)
+        try:
+            return self.dataset[index]
+        except Exception as e:  # noqa: BLE001 - policy: skip, log, count
+            if not self.skip_errors:
+                raise
+            log.warning("skipping sample %d: %s: %s", index, type(e).__name__, e)
+            return None
+
+
+def skip_none_collate(collate: Callable[[list], Any]) -> Callable[[list], tuple[Any, int]]:
+    """Wrap a collate function: drop ``None`` samples, return ``(batch, n_skipped)``."""
+
+    def wrapped(samples: list) -> tuple[Any, int]:
+        good = [s for s in samples if s is not None]
+        return (collate(good) if good else None), len(samples) - len(good)
+
+    return wrapped
+
+
+def _worker_init(_: int) -> None:
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe cores
+    except ImportError:
+        pass
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(obj, Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device, channels_last) for v in obj)
+    return obj
+
+
+LossFn = Callable[[nn.Module, Any, Any], dict[str, Tensor]]
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclass
+class Trainer:
+    """Runs ``cfg.epochs`` epochs of ``loss_fn`` over ``train_set``.
+
+    Args:
+        model: the network (moved to the device; wrapped in DDP when distributed).
+        train_set: map-style dataset; samples go through ``collate``.
+        collate: batch builder (e.g. ``collate_detection``).
+        loss_fn: ``(model, inputs, targets) -> dict of losses`` (summed for backward).
+        cfg: the recipe.
+        output_dir: checkpoints, ``log.csv``, ``config.json``.
+        eval_fn: optional ``(model, epoch) -> metrics``, run on rank 0 every ``cfg.eval_every``.
+        run_info: extra JSON-able facts saved in checkpoints (model name, num_classes...).
+    """
+
+    model: nn.Module
+    train_set: Dataset
+    collate: Callable[[list], Any]
+    loss_fn: LossFn
+    cfg: TrainConfig
+    output_dir: Path
+    eval_fn: EvalFn | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.cfg.validate()
+        self.output_dir = Path(self.output_dir)
+        self.rank, self.world, self.device = init_distributed()
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(_mix(self.cfg.seed, self.rank) % 2**63)
+        self.model.to(self.device)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp = self.cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.optimizer = self._build_optimizer()
+        self.ema = None
+        if self.cfg.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
+                                     use_buffers=True)
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.dataset = SeededDataset(self.train_set, self.cfg.seed)
+        self.sampler = ResumableSampler(len(self.train_set), self.cfg.batch_size, seed=self.cfg.seed,
+                                        rank=self.rank, world_size=self.world)
+        per_epoch = self.sampler.batches_per_epoch()
+        if per_epoch == 0:
+            raise ValueError(
+                f"batch_size {self.cfg.batch_size} x {self.world} process(es) exceeds the "
+                f"{len(self.train_set)} training samples: lower batch_size")
+        if self.cfg.max_steps_per_epoch:
+            per_epoch = min(per_epoch, self.cfg.max_steps_per_epoch)
+        self.steps_per_epoch = per_epoch
+        self.total_steps = per_epoch * self.cfg.epochs
+        self.ckpts = CheckpointManager(self.output_dir / "checkpoints", self.cfg.keep_checkpoints)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.nonfinite_total, self.nonfinite_run, self.bad_samples = 0, 0, 0
+        self.best: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- pieces
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        # No weight decay on norm layers and biases (torchvision reference: --norm-weight-decay 0).
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.dataset.set_epoch(self.epoch)
+        return DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                          num_workers=self.cfg.workers, collate_fn=skip_none_collate(self.collate),
+                          pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
+                          persistent_workers=False,
+                          # Own generator: creating the loader must not consume the global
+                          # torch RNG (dropout), or a resumed run would diverge.
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "torch_rng": torch.get_rng_state(),
+            "counters": {"nonfinite_total": self.nonfinite_total, "bad_samples": self.bad_samples},
+            "best": dict(self.best),
+            "config": dataclasses.asdict(self.cfg),
+            "run_info": self.run_info,
+        }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.module.state_dict()
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        info = state.get("run_info", {})
+        for key in ("model", "num_classes"):
+            if key in info and key in self.run_info and info[key] != self.run_info[key]:
+                raise ValueError(
+                    f"checkpoint was trained with {key}={info[key]!r} but this run has "
+                    f"{key}={self.run_info[key]!r}; use a fresh --output-dir or matching options")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "model_ema" in state:
+            self.ema.module.load_state_dict(state["model_ema"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.nonfinite_total = int(state["counters"]["nonfinite_total"])
+        self.bad_samples = int(state["counters"]["bad_samples"])
+        self.best = dict(state.get("best", {}))
+
+    def resume(self, path: str | Path | None = "auto") -> bool:
+        """Resume from ``path`` (``"auto"``: the newest checkpoint in the output dir, if any)."""
+        if path is None:
+            return False
+        if path == "auto":
+            path = self.ckpts.latest()
+            if path is None:
+                return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        if is_main_process():
+            log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+        return True
+
+    def _save(self) -> None:
+        if is_main_process():
+            self.ckpts.save(self.state_dict(), self.step)
+
+    # ----------------------------------------------------------------- loop
+
+    def _train_step(self, inputs: Any, targets: Any) -> dict[str, float] | None:
+        lr = self.cfg.lr_at(self.step, self.total_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            losses = self.loss_fn(self.net, inputs, targets)
+        loss = sum(losses.values())
+        finite = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks skip together
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite.item() < 1:
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+            log.warning("non-finite loss at step %d (%s): step skipped (%d in a row, %d total)",
+                        self.step, {k: float(v.detach()) for k, v in losses.items()},
+                        self.nonfinite_run, self.nonfinite_total)
+            if self.nonfinite_run >= self.cfg.max_nonfinite:
+                raise FloatingPointError(
+                    f"{self.nonfinite_run} non-finite losses in a row (step {self.step}): training "
+                    "diverged. Lower the learning rate, enable clip_grad_norm, or check the data.")
+            return None
+        self.nonfinite_run = 0
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"], out["lr"] = float(loss.detach()), lr
+        return out
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``cfg.epochs``; returns the last metrics."""
+        if is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            import json
+
+            (self.output_dir / "config.json").write_text(json.dumps(
+                {"train": dataclasses.asdict(self.cfg), **self.run_info}, indent=2, default=str))
+        metrics: dict[str, float] = {}
+        while self.epoch < self.cfg.epochs:
+            metrics = self._run_epoch()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            if self.eval_fn is not None and self.cfg.eval_every and (
+                    self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
+                metrics.update(self._evaluate())
+            self._save()
+            self._log_csv(metrics)
+        return metrics
+
+    def _run_epoch(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        self.net.train()
+        sums: dict[str, float] = {}
+        count, t0, images = 0, time.perf_counter(), 0
+        total = self.steps_per_epoch - self.batch_in_epoch
+        bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
+                   disable=not (self.progress and is_main_process()), dynamic_ncols=True, leave=False)
+        for batch, skipped in self._loader():
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                break
+            self.bad_samples += skipped
+            if self.bad_samples > self.cfg.max_bad_samples:
+                raise RuntimeError(
+                    f"{self.bad_samples} training samples failed to load (limit max_bad_samples="
+                    f"{self.cfg.max_bad_samples}); see the warnings above for files and errors")
+            if batch is not None:
+                inputs, targets = _to_device(batch, self.device, self.cfg.channels_last)
+                out = self._train_step(inputs, targets)
+                images += len(inputs)
+                if out is not None:
+                    count += 1
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+            self.step += 1
+            self.batch_in_epoch += 1
+            bar.update()
+            if self.cfg.ckpt_every_steps and self.step % self.cfg.ckpt_every_steps == 0 \
+                    and self.batch_in_epoch < self.steps_per_epoch:
+                self._save()
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        metrics.update(epoch=self.epoch + 1, step=self.step, time_s=elapsed,
+                       images_per_s=images * self.world / max(elapsed, 1e-9),
+                       nonfinite_total=self.nonfinite_total, bad_samples=self.bad_samples)
+        if is_main_process():
+            log.info("epoch %d: %s", self.epoch + 1,
+                     ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    def _evaluate(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if is_main_process():
+            model = self.ema.module if self.ema is not None else self.model
+            model.eval()
+            with torch.no_grad():
+                results = self.eval_fn(model, self.epoch)  # type: ignore[misc]
+            log.info("eval after epoch %d: %s", self.epoch,
+                     ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        if self.world > 1:
+            dist.barrier()
+        return results
+
+    def _log_csv(self, metrics: dict[str, float]) -> None:
+        if not is_main_process():
+            return
+        path = self.output_dir / "log.csv"
+        rows: list[dict[str, Any]] = []
+        if path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["epoch"])) < metrics["epoch"]]
+        rows.append(metrics)
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(self.output_dir / "tb")) as w:
+                for k, v in metrics.items():
+                    w.add_scalar(k, v, int(metrics["epoch"]))
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr on rank 0 only; other ranks log warnings and above."""
+    logging.basicConfig(
+        level=level if is_main_process() else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cli_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """Return ``cfg`` with the non-None entries of ``values`` (CLI flags) applied."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def add_train_config_arguments(parser: Any, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per TrainConfig field (default None: the preset decides)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse_bool(), default=None,
+                                help=f"(preset default: see --preset) {f.name}")
+        else:
+            typ = {"int": int, "float": float, "str": str, "float | None": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=typ, default=None, help=f.name.replace("_", " "))
+
+
+def argparse_bool():
+    import argparse
+
+    return argparse.BooleanOptionalAction

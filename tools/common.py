@@ -1,0 +1,78 @@
+"""Plumbing shared by the CLI tools: devices, image lists, models from checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files and folders (searched recursively) -> sorted image paths; clear errors."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            imgs = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not imgs:
+                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+            found += imgs
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    return found
+
+
+def build_model(run_info: dict[str, Any]) -> nn.Module:
+    """Rebuild the network a checkpoint was trained with (from its ``run_info``)."""
+    task, name = run_info.get("task"), run_info.get("model")
+    kwargs = dict(run_info.get("model_kwargs", {}))
+    if task == "det":
+        from mobiledense.heads import create_detector
+
+        return create_detector(name, num_classes=int(run_info["num_classes"]), **kwargs)
+    if task == "seg":
+        from mobiledense.heads.lraspp import create_segmenter
+
+        return create_segmenter(run_info["backbone"], num_classes=int(run_info["num_classes"]), **kwargs)
+    raise ValueError(f"checkpoint run_info has unknown task {task!r} (expected 'det' or 'seg')")
+
+
+def load_trained_model(path: str | Path, task: str, prefer_ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Model + run_info from a training checkpoint (``last.pt``/``checkpoint_*.pt``/``model_final.pt``)."""
+    ckpt = load_checkpoint(path)
+    info = ckpt.get("run_info")
+    if not isinstance(info, dict) or "model" not in info:
+        raise ValueError(f"{path} has no run_info: it is not a mobiledense training checkpoint "
+                         "(for raw state_dicts use --model NAME --weights FILE)")
+    if info.get("task") != task:
+        raise ValueError(f"{path} is a {info.get('task')!r} checkpoint, not {task!r}")
+    model = build_model(info)
+    key = "model_ema" if prefer_ema and "model_ema" in ckpt else "model"
+    try:
+        model.load_state_dict(ckpt[key])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit {info['model']} with "
+                         f"num_classes={info.get('num_classes')}: {str(e).splitlines()[0]}") from e
+    return model.eval(), info
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -1,0 +1,102 @@
+"""``mobiledense predict det``: images or folders -> boxes (JSON Lines) + overlay PNGs.
+
+One image is in memory at a time and results are streamed to
+``predictions.jsonl``, so memory stays flat however many images are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .common import add_device_argument
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--checkpoint", help="mobiledense training checkpoint")
+    parser.add_argument("--model", help="detector name, with --weights (raw state_dict)")
+    parser.add_argument("--weights", help="local state_dict file for --model")
+    parser.add_argument("--num-classes", type=int, default=91, help="with --model (default 91)")
+    parser.add_argument("--label-mapping", choices=("contiguous", "category_id"), default="category_id",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--no-ema", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--score-thresh", type=float, default=0.3, help="keep detections above (default 0.3)")
+    parser.add_argument("--output-dir", default="runs/det/predict")
+    parser.add_argument("--no-overlay", action="store_true", help="only write predictions.jsonl")
+    add_device_argument(parser)
+
+
+def _colour(label: int) -> tuple[int, int, int]:
+    rng = np.random.default_rng(label * 7919 + 17)
+    return tuple(int(c) for c in rng.integers(64, 256, 3))
+
+
+def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                    names: dict[int, str]) -> np.ndarray:
+    """Boxes with ``name score`` tags drawn on a BGR copy of the image (for cv2.imwrite)."""
+    import cv2
+
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for (x1, y1, x2, y2), label, score in zip(boxes.round().astype(int), labels, scores):
+        colour = _colour(int(label))
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        text = f"{names.get(int(label), str(int(label)))} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, 1)
+        top = max(y1 - th - base - 2, 0)
+        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+    import torch
+    from tqdm import tqdm
+
+    from mobiledense.datasets import read_image_rgb
+
+    from .common import list_images, select_device
+    from .eval_det import load_detector
+
+    files = list_images(args.inputs)
+    model, mapping = load_detector(args)
+    names: dict[int, str] = {}
+    if args.checkpoint:
+        from .checkpoint import load_checkpoint
+
+        info = load_checkpoint(args.checkpoint)["run_info"]
+        names = {int(k): str(v) for k, v in info.get("category_names", {}).items()}
+    device = select_device(args.device)
+    model.to(device)
+    model.score_thresh = min(model.score_thresh, args.score_thresh)
+    out = Path(args.output_dir)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    n_boxes = 0
+    with (out / "predictions.jsonl").open("w") as f, torch.inference_mode():
+        for path in tqdm(files, desc="predict", unit="img"):
+            image = read_image_rgb(path)
+            x = torch.from_numpy(image).permute(2, 0, 1).to(device).float().div_(255)
+            det = {k: v.cpu().numpy() for k, v in model([x])[0].items()}
+            keep = det["scores"] >= args.score_thresh
+            boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
+            n_boxes += len(boxes)
+            f.write(json.dumps({
+                "file": str(path), "height": image.shape[0], "width": image.shape[1],
+                "detections": [
+                    {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 5),
+                     "label": int(lab), "name": names.get(int(lab)),
+                     "category_id": (mapping or {}).get(int(lab), int(lab))}
+                    for b, s, lab in zip(boxes, scores, labels)],
+            }) + "\n")
+            if not args.no_overlay:
+                cv2.imwrite(str(out / "overlays" / f"{path.stem}.png"),
+                            draw_detections(image, boxes, labels, scores, names))
+    print(f"{len(files)} images, {n_boxes} detections >= {args.score_thresh}: {out}/predictions.jsonl"
+          + ("" if args.no_overlay else f", overlays in {out}/overlays/"))
+    return 0

@@ -49,9 +49,14 @@ def build_model(run_info: dict[str, Any]) -> nn.Module:
 
         return create_detector(name, num_classes=int(run_info["num_classes"]), **kwargs)
     if task == "seg":
-        from mobiledense.heads.lraspp import create_segmenter
+        n = int(run_info["num_classes"])
+        if run_info.get("head", "lraspp") == "lraspp":
+            from mobiledense.heads.lraspp import create_segmenter
 
-        return create_segmenter(run_info["backbone"], num_classes=int(run_info["num_classes"]), **kwargs)
+            return create_segmenter(run_info["backbone"], num_classes=n, **kwargs)
+        from mobiledense.heads.smp_encoders import create_smp_model
+
+        return create_smp_model(run_info["head"], run_info["backbone"], n, **kwargs)
     raise ValueError(f"checkpoint run_info has unknown task {task!r} (expected 'det' or 'seg')")
 
 

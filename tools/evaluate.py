@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .coco_eval import CocoEvalResult, detections_to_coco_results, evaluate_coco
 
-__all__ = ["predict_detections", "evaluate_detector"]
+__all__ = ["predict_detections", "evaluate_detector", "evaluate_segmenter"]
 
 
 def predict_detections(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, workers: int = 0,
@@ -50,3 +50,37 @@ def evaluate_detector(model: nn.Module, dataset: Any, **kwargs: Any) -> tuple[Co
     result = evaluate_coco(dataset.coco, results, iou_type="bbox", backend=backend,
                            image_ids=list(dataset.image_ids))
     return result, results
+
+
+def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu",
+                       workers: int = 0, progress: bool = True, confusion: Any = None,
+                       on_prediction: Any = None) -> Any:
+    """mIoU & co. of ``model`` over ``dataset`` (yielding ``(image, mask)``), one frame at a time.
+
+    Logits are upsampled (bilinear) to the mask's resolution, so evaluating a
+    half-resolution input still scores against the full-resolution labels.
+    ``on_prediction(index, pred_train_ids)`` is called per frame (e.g. to save PNGs).
+    Returns :class:`~mobiledense.tools.seg_metrics.SegMetrics`.
+    """
+    import torch.nn.functional as F
+
+    from .seg_metrics import SegConfusion
+
+    num_classes = getattr(model, "num_classes", None) or dataset.num_classes
+    conf = confusion or SegConfusion(num_classes=num_classes, ignore_index=getattr(dataset, "ignore_index", 255),
+                                     class_names=list(getattr(dataset, "class_names", [])) or None)
+    device = torch.device(device)
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers)
+    with torch.inference_mode():
+        for i, (image, mask) in enumerate(tqdm(loader, desc="segment", unit="img", disable=not progress,
+                                               leave=False, dynamic_ncols=True)):
+            logits = model(image.to(device, non_blocking=True))
+            if logits.shape[-2:] != mask.shape[-2:]:
+                logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            pred = logits.argmax(1)
+            conf.update(pred, mask.to(device))
+            if on_prediction is not None:
+                on_prediction(i, pred[0].cpu())
+    conf.reduce()
+    return conf.compute()

@@ -306,12 +306,31 @@ class SequentialBackbone(Backbone):
 
     def _init_taps(self, layer_strides: list[int], layer_channels: list[int]) -> None:
         """Record, per stride, the index of the deepest layer producing it."""
+        self._layer_strides, self._layer_channels = list(layer_strides), list(layer_channels)
+        self.tap_first_at(())
+
+    def tap_first_at(self, strides: Iterable[int]) -> "SequentialBackbone":
+        """Return, at each stride in ``strides``, the FIRST layer reaching it instead of the deepest.
+
+        This is the strided block's own output (torchvision's "C2" for LR-ASPP's
+        low-level branch reads the first stride-8 block of MobileNetV3). Returns self.
+        """
+        first = set(strides)
+        unknown = first - set(self._layer_strides)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no layers at strides {sorted(unknown)}; "
+                             f"strides are {sorted(set(self._layer_strides))}")
         taps: dict[int, int] = {}
-        for i, s in enumerate(layer_strides):
-            taps[s] = i
+        for i, s in enumerate(self._layer_strides):
+            if s not in first or s not in taps:
+                taps[s] = i
         self._taps = taps
-        self.channels = {s: layer_channels[i] for s, i in taps.items()}
+        self.first_taps = tuple(sorted(first))
+        old = getattr(self, "channels", {})
+        extra = {16: old[16]} if getattr(self, "tap", None) == "expansion" and 16 in old else {}
+        self.channels = {s: self._layer_channels[i] for s, i in taps.items()} | extra
         self._tap_at = {i: s for s, i in taps.items()}
+        return self
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         self.check_input(x)

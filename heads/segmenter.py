@@ -1,0 +1,88 @@
+"""``Segmenter``: backbone + dense decoder, images in [0, 1] in, logits at input size out.
+
+The wrapper owns what every segmentation model shares (input checks, ImageNet
+normalisation, the final bilinear upsampling), so decoders stay small: a decoder
+maps the backbone's ``dict[stride, Tensor]`` to logits at some stride.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobiledense.backbones import Backbone
+
+__all__ = ["Segmenter", "Decoder", "check_image_batch", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: ImageNet statistics of RGB images in [0, 1] (torchvision's classifier preset).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_image_batch(x: Tensor, owner: str) -> None:
+    """Raise an error that says what to fix for a malformed image batch."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner} expects a Tensor batch, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{owner} expects a 4-D batch (N, 3, H, W), got shape {tuple(x.shape)}"
+            + ("; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else "")
+        )
+    if x.shape[1] != 3:
+        raise ValueError(f"{owner} expects 3 input channels (RGB, NCHW), got {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"{owner} expects float images in [0, 1], got dtype {x.dtype}; "
+                        "convert with x.float() / 255")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with ImageNet statistics, for float RGB in [0, 1]."""
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        # Not persistent: checkpoints hold only learnt weights (torchvision key parity).
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class Decoder(Protocol):
+    """What :class:`Segmenter` needs from a decoder (any ``nn.Module`` with this call)."""
+
+    def __call__(self, feats: dict[int, Tensor]) -> Tensor: ...
+
+
+class Segmenter(nn.Module):
+    """Semantic segmentation model: ``upsample(decoder(backbone(normalize(x))))``.
+
+    Args:
+        backbone: a :class:`~mobiledense.backbones.Backbone` (``forward -> dict[stride, Tensor]``).
+        decoder: module mapping the feature dict to ``(N, num_classes, h, w)`` logits.
+        num_classes: number of output channels (19 for Cityscapes trainIds).
+        normalize: subtract the ImageNet mean and divide by the std inside the
+            model, so callers feed float RGB in [0, 1] (set False if the data
+            pipeline already normalises).
+
+    ``forward(x)`` takes ``(N, 3, H, W)`` float images and returns
+    ``(N, num_classes, H, W)`` logits, bilinearly upsampled to the input size.
+    """
+
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int,
+                 normalize: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.normalize = Normalize() if normalize else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image_batch(x, "Segmenter")
+        size = x.shape[-2:]
+        logits = self.decoder(self.backbone(self.normalize(x)))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -1,1 +1,12 @@
-"""mobiledense.datasets."""
+"""mobiledense.datasets: COCO-format detection and Cityscapes-layout segmentation data.
+
+One import line per module; other modules append their own exports below.
+"""
+
+from .coco import CocoDetection, CocoFormatError, DegenerateBoxWarning, collate_detection, load_coco_json, make_det_loader
+from .det_transforms import DetectionTransform, build_det_transforms
+from .io import ImageReadError, read_image_rgb, worker_init_fn
+from .synthetic import make_synthetic_coco
+from .cityscapes import CityscapesFrame, CityscapesSegmentation, read_label_png
+from .seg_transforms import SegTransform, build_seg_transforms
+from .synthetic_seg import make_synthetic_cityscapes

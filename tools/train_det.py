@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few CPU minutes on the synthetic shapes: the README's first command.
     "quick": dict(
         train=TrainConfig(epochs=24, batch_size=16, lr=0.05, weight_decay=4e-5, schedule="cosine",
-                          warmup_iters=30, warmup_factor=0.01, workers=2, eval_every=8, amp=True),
+                          warmup_iters=30, warmup_factor=0.01, workers=2, eval_every=8, bn_momentum=0.1),
         size=192, augment="ssdlite"),
 }
 

@@ -35,7 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few CPU minutes on the synthetic streets: the README's command.
     "quick": dict(
         train=TrainConfig(epochs=12, batch_size=8, lr=2e-3, weight_decay=1e-4, optimizer="adamw",
-                          schedule="poly", warmup_iters=20, warmup_factor=0.1, workers=2, eval_every=4),
+                          schedule="poly", warmup_iters=20, warmup_factor=0.1, workers=2, eval_every=4,
+                          bn_momentum=0.1),
         crop=(192, 384), base=(256, 512), scale=(0.75, 1.5), loss="ce"),
 }
 

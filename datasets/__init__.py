@@ -1,9 +1,16 @@
 """mobiledense.datasets: COCO-format detection and Cityscapes-layout segmentation data.
 
-One import line per module; other modules append their own exports below.
+One import statement per module; other modules append their own exports below.
 """
 
-from .coco import CocoDetection, CocoFormatError, DegenerateBoxWarning, collate_detection, load_coco_json, make_det_loader
+from .coco import (
+    CocoDetection,
+    CocoFormatError,
+    DegenerateBoxWarning,
+    collate_detection,
+    load_coco_json,
+    make_det_loader,
+)
 from .det_transforms import DetectionTransform, build_det_transforms
 from .io import ImageReadError, read_image_rgb, worker_init_fn
 from .synthetic import make_synthetic_coco

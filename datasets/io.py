@@ -1,0 +1,80 @@
+"""Robust image reading and DataLoader worker set-up shared by detection and segmentation.
+
+Images are decoded with OpenCV (``IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION``) and
+returned as 8-bit RGB:
+
+* grayscale is replicated to three channels, the alpha channel of RGBA/LA is
+  dropped (not composited), 16-bit files are scaled to 8 bit (``v >> 8``) and
+  CMYK JPEGs are converted to RGB by libjpeg;
+* EXIF orientation is **ignored**: COCO (and Cityscapes) annotations are in the
+  stored pixel orientation, so rotating the pixels would misalign every box;
+* missing, zero-byte, truncated or undecodable files raise errors naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["read_image_rgb", "ImageReadError", "worker_init_fn"]
+
+_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded (empty, truncated or corrupt)."""
+
+
+def _jpeg_is_complete(buf: np.ndarray) -> bool:
+    """True when a JPEG has an end-of-image marker after its last scan.
+
+    Entropy-coded data never contains ``FF D9`` (``FF`` bytes are stuffed), so a
+    file cut inside its last scan has no EOI after the last SOS marker.  Older
+    OpenCV builds decode such files to a grey-padded image instead of failing.
+    """
+    data = buf.tobytes()
+    last_scan = data.rfind(_JPEG_SOS)
+    return last_scan >= 0 and data.find(_JPEG_EOI, last_scan) >= 0
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an ``(H, W, 3)`` ``uint8`` RGB array in stored orientation.
+
+    Args:
+        path: image file (any format OpenCV decodes: JPEG, PNG, BMP, TIFF, WebP...).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageReadError: the file is empty, truncated or not a decodable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    # np.fromfile + imdecode: one read, works with non-ASCII paths, lets us inspect bytes.
+    buf = np.fromfile(path, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageReadError(f"image file is empty (0 bytes): {path}")
+    if buf[:2].tobytes() == _JPEG_SOI and not _jpeg_is_complete(buf):
+        raise ImageReadError(f"JPEG file is truncated (no end-of-image marker after the last scan): {path}")
+    img = cv2.imdecode(buf, _FLAGS)
+    if img is None:
+        raise ImageReadError(f"cannot decode image (corrupt, truncated or unsupported format): {path}")
+    if img.dtype != np.uint8:  # IMREAD_COLOR already yields 8 bit; keep the contract explicit
+        img = cv2.convertScaleAbs(img, alpha=255.0 / np.iinfo(img.dtype).max)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker process.
+
+    Each worker already runs in parallel; OpenCV's own thread pool inside every
+    worker would oversubscribe the cores (and can deadlock after ``fork``).
+    Random streams need no re-seeding here: torch seeds each worker's generator and
+    the transforms of this package draw their seeds from it.
+    """
+    del worker_id
+    cv2.setNumThreads(0)

@@ -25,6 +25,25 @@ from .detector import (
 from .losses import focal_multibox_loss, hard_negative_mask, multibox_loss
 from .matcher import SSDMatcher
 from .ssdlite import SSDLiteHead, extra_blocks
+from . import lraspp as _lraspp
+from .lraspp import (
+    LargeKernelAvgPool,
+    LRASPPHead,
+    create_segmenter,
+    get_segmenter_factory,
+    list_segmenters,
+    lraspp_from_torchvision,
+    lraspp_mobilenet_v3_large,
+    lraspp_mobilenet_v3_small,
+)
+from .segmenter import Normalize, Segmenter
+
+# smp (and through it timm / huggingface_hub) costs seconds to import: loaded on first use.
+_LAZY = {
+    "build_seg_loss": "seg_losses", "SegLoss": "seg_losses", "SEG_LOSSES": "seg_losses",
+    "register_smp_encoders": "smp_encoders", "create_smp_model": "smp_encoders",
+    "SmpEncoder": "smp_encoders", "SmpSegmenter": "smp_encoders",
+}
 
 __all__ = [
     "BoxCoder",
@@ -46,9 +65,27 @@ __all__ = [
     "ssdlite320_mobilenet_v3_large",
     "ssdlite_mobilenet_v2",
     "ssdlite_mobilenet_v3_small",
+    "LargeKernelAvgPool",
+    "LRASPPHead",
+    "Normalize",
+    "Segmenter",
+    "create_segmenter",
+    "get_segmenter_factory",
+    "list_segmenters",
+    "lraspp_from_torchvision",
+    "lraspp_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_small",
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str):
-    """``ssdlite_<backbone>`` for every registered backbone, resolved at call time (PEP 562)."""
+    """Lazy smp names, and ``ssdlite_<backbone>`` / ``lraspp_<backbone>`` for every registered
+    backbone, resolved at call time (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name.startswith("lraspp_"):
+        return getattr(_lraspp, name)
     return getattr(_detector, name)

@@ -3,12 +3,17 @@
 Each tool module exposes ``add_arguments(parser)`` and ``run(args) -> int``;
 they are imported only when their subcommand runs, so ``mobiledense --help``
 stays fast.
+
+Errors that the user can fix (bad options, missing or malformed files, a
+diverging run...) are printed as one ``error: ...`` line on stderr with exit
+status 2, without a traceback; ``--debug`` (or ``MOBILEDENSE_DEBUG=1``) shows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (command, task) -> module under mobiledense.tools; task None = no task level.
@@ -28,6 +33,7 @@ COMMANDS: dict[str, dict[str | None, tuple[str, str]]] = {
     "bench": {None: ("bench", "latency/throughput against torchvision, same weights")},
     "export": {None: ("export", "export a model to ONNX and check it against PyTorch")},
     "backbones": {None: ("list_backbones", "list registered backbones with params and MAdds")},
+    "compare": {None: ("compare", "train/evaluate backbones x heads under one recipe; table + Pareto plots")},
     "synth": {
         "det": ("synth_det", "write a synthetic COCO-format detection dataset"),
         "seg": ("synth_seg", "write a synthetic Cityscapes-layout segmentation dataset"),
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mobiledense",
         description="Dense prediction with MobileNet-family backbones.",
     )
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, tasks in COMMANDS.items():
         tasks = {t: v for t, v in tasks.items() if _available(v[0])}
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             module, help_ = tasks[None]
             p = sub.add_parser(command, help=help_, description=help_)
             p.set_defaults(_module=module, task=None)
+            _add_debug(p)
             importlib.import_module(f"mobiledense.tools.{module}").add_arguments(p)
             continue
         p = sub.add_parser(command, help=f"{command} ({'/'.join(tasks)})")
@@ -60,9 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
         for task, (module, help_) in tasks.items():
             tp = tsub.add_parser(task, help=help_, description=help_)
             tp.set_defaults(_module=module)
+            _add_debug(tp)
             importlib.import_module(f"mobiledense.tools.{module}").add_arguments(tp)
         p.set_defaults(_parser=p)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's default must not reset a --debug given before the subcommand.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error (also MOBILEDENSE_DEBUG=1)")
+
+
+#: Exceptions that describe a problem with the user's input, options or data: reported without a
+#: traceback. ImageReadError/CocoFormatError are ValueErrors, FileNotFoundError is an OSError, the
+#: registries raise KeyError for unknown names, a diverging run FloatingPointError; exception
+#: classes of this package (e.g. ``TrainingAborted``) always carry a message meant for the user.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, FloatingPointError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, KeyError):  # a sentence ("unknown detector 'x'; valid names: ...") vs a bare key (a bug)
+        return bool(e.args) and " " in str(e.args[0])
+    return isinstance(e, USER_ERRORS) or type(e).__module__.startswith("mobiledense.")
+
+
+def _message(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text or type(e).__name__
+
+
+def _rank_prefix() -> str:
+    """``[rank r] `` inside a multi-process (torchrun) run, so each line says who failed."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {rank}] " if rank is not None and world != "1" else ""
+
+
+def _peer_failed(e: BaseException) -> bool:
+    """A collective failed because another process of the distributed run died or hung."""
+    text = str(e)
+    return type(e).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError") or \
+        "Connection closed by peer" in text or "Connection reset by peer" in text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         (getattr(args, "_parser", None) or parser).print_help()
         return 0 if args.command is None else 2
-    module = importlib.import_module(f"mobiledense.tools.{args._module}")
-    return int(module.run(args) or 0)
+    debug = getattr(args, "debug", False) or os.environ.get("MOBILEDENSE_DEBUG", "") not in ("", "0")
+    if debug:
+        return int(importlib.import_module(f"mobiledense.tools.{args._module}").run(args) or 0)
+    try:
+        return int(importlib.import_module(f"mobiledense.tools.{args._module}").run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
+        who = _rank_prefix()
+        if _is_user_error(e):
+            print(f"error: {who}{_message(e)}", file=sys.stderr)
+            return 2
+        if who and _peer_failed(e):
+            print(f"error: {who}stopping: another process of the distributed run failed (its own error is in "
+                  f"this log; {type(e).__name__}: {_message(e).splitlines()[0]})", file=sys.stderr)
+            return 1
+        print(f"error: {who}{type(e).__name__}: {_message(e)}\n"
+              "(unexpected error; rerun with --debug or MOBILEDENSE_DEBUG=1 for the traceback and report it)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -74,9 +74,29 @@ def load_trained_model(path: str | Path, task: str, prefer_ema: bool = True) -> 
     try:
         model.load_state_dict(ckpt[key])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {info['model']} with "
-                         f"num_classes={info.get('num_classes')}: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"{path}: its weights do not fit {info['model']} with "
+                         f"num_classes={info.get('num_classes')} (the checkpoint's run_info): "
+                         f"{summarize_load_error(e)}") from e
     return model.eval(), info
+
+
+def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
+    """The gist of a ``load_state_dict`` RuntimeError: a few missing/unexpected/size-mismatch items.
+
+    torch lists every offending key; for a checkpoint of another architecture that is hundreds of
+    lines, of which the first few tell what is wrong.
+    """
+    parts = []
+    for line in str(e).splitlines()[1:] or str(e).splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key(s)", "Unexpected key(s)")):
+            head, _, keys = line.partition(": ")
+            names = [k.strip(' ".') for k in keys.split(",") if k.strip(' ".')]
+            more = f" and {len(names) - max_items} more" if len(names) > max_items else ""
+            parts.append(f"{head.lower()} {', '.join(names[:max_items])}{more}")
+        elif line.startswith("size mismatch") and sum("size mismatch" in p for p in parts) < max_items:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts) or str(e).strip().splitlines()[0]
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,11 @@ What it guarantees:
   same trajectory an uninterrupted run takes.
 * **No silent garbage.** A non-finite loss skips the step (counted, logged);
   ``max_nonfinite`` in a row aborts with a message. A sample that fails to load
-  is skipped (counted, its error logged) up to ``max_bad_samples``.
+  is skipped (counted, its error logged) up to ``max_bad_samples``. A DataLoader
+  worker that dies (OOM killer, a crash in a decoder) is replaced: the loader is
+  rebuilt at the first batch not yet trained on, so no sample is lost and the
+  trajectory is unchanged; after ``max_worker_restarts`` the run stops with a
+  message (the checkpoints let it resume).
 * **DDP.** Started with ``torchrun``, it shards the sampler, all-reduces the
   skip decision so ranks never diverge, and only rank 0 writes.
 """
@@ -41,10 +45,12 @@ from .checkpoint import CheckpointManager, load_checkpoint
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "TrainingAborted",
     "ResumableSampler",
     "SeededDataset",
     "init_distributed",
     "is_main_process",
+    "seed_everything",
 ]
 
 log = logging.getLogger("mobiledense.train")
@@ -84,6 +90,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_nonfinite: int = 10
     max_bad_samples: int = 100
+    max_worker_restarts: int = 3  # DataLoader worker deaths survived per run (loader rebuilt)
     max_steps_per_epoch: int = 0  # 0 = full epoch (for smoke runs)
     log_every: int = 20
     tensorboard: bool = False
@@ -96,7 +103,8 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "warmup_iters", "workers", "eval_every",
-                     "ckpt_every_steps", "max_steps_per_epoch", "max_bad_samples", "min_lr"):
+                     "ckpt_every_steps", "max_steps_per_epoch", "max_bad_samples", "min_lr",
+                     "max_worker_restarts"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -129,6 +137,16 @@ class TrainConfig:
         return lr
 
 
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many bad samples or worker crashes); the message says why."""
+
+
+def _is_worker_crash(e: BaseException) -> bool:
+    """True for the error a DataLoader raises when one of its worker processes died."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and (
+        "exited unexpectedly" in str(e) or "killed by signal" in str(e))
+
+
 # --------------------------------------------------------------------------- distributed
 
 
@@ -154,7 +172,10 @@ def init_distributed(timeout_s: float = 600.0) -> tuple[int, int, torch.device]:
 
 
 def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0, or a single process; before ``init_process_group`` torchrun's ``RANK`` decides."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _world() -> int:
@@ -168,6 +189,18 @@ def _mix(*values: int) -> int:
     """A stable 63-bit seed from integers (independent of PYTHONHASHSEED)."""
     h = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random``: call before building the model so its init follows ``seed``.
+
+    Recent torch seeds its default generator randomly at start-up, so without this two runs
+    with the same ``--seed`` would start from different weights.
+    """
+    s = _mix(seed, -1)
+    torch.manual_seed(s % 2**63)
+    np.random.seed(s % 2**32)
+    random.seed(s)
 
 
 class ResumableSampler(Sampler[int]):
@@ -356,6 +389,7 @@ class Trainer:
         self.ckpts = CheckpointManager(self.output_dir / "checkpoints", self.cfg.keep_checkpoints)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.nonfinite_total, self.nonfinite_run, self.bad_samples = 0, 0, 0
+        self.worker_restarts = 0
         self.best: dict[str, float] = {}
 
     # ----------------------------------------------------------------- pieces
@@ -392,7 +426,8 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "torch_rng": torch.get_rng_state(),
-            "counters": {"nonfinite_total": self.nonfinite_total, "bad_samples": self.bad_samples},
+            "counters": {"nonfinite_total": self.nonfinite_total, "bad_samples": self.bad_samples,
+                         "worker_restarts": self.worker_restarts},
             "best": dict(self.best),
             "config": dataclasses.asdict(self.cfg),
             "run_info": self.run_info,
@@ -422,6 +457,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.nonfinite_total = int(state["counters"]["nonfinite_total"])
         self.bad_samples = int(state["counters"]["bad_samples"])
+        self.worker_restarts = int(state["counters"].get("worker_restarts", 0))
         self.best = dict(state.get("best", {}))
 
     def resume(self, path: str | Path | None = "auto") -> bool:
@@ -486,6 +522,8 @@ class Trainer:
 
             (self.output_dir / "config.json").write_text(json.dumps(
                 {"train": dataclasses.asdict(self.cfg), **self.run_info}, indent=2, default=str))
+            for stale in (self.output_dir / "checkpoints").glob(".*.tmp"):  # a run killed mid-write
+                stale.unlink(missing_ok=True)
         metrics: dict[str, float] = {}
         while self.epoch < self.cfg.epochs:
             metrics = self._run_epoch()
@@ -507,12 +545,12 @@ class Trainer:
         total = self.steps_per_epoch - self.batch_in_epoch
         bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
                    disable=not (self.progress and is_main_process()), dynamic_ncols=True, leave=False)
-        for batch, skipped in self._loader():
+        for batch, skipped in self._batches():
             if self.batch_in_epoch >= self.steps_per_epoch:
                 break
             self.bad_samples += skipped
             if self.bad_samples > self.cfg.max_bad_samples:
-                raise RuntimeError(
+                raise TrainingAborted(
                     f"{self.bad_samples} training samples failed to load (limit max_bad_samples="
                     f"{self.cfg.max_bad_samples}); see the warnings above for files and errors")
             if batch is not None:
@@ -535,11 +573,38 @@ class Trainer:
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
         metrics.update(epoch=self.epoch + 1, step=self.step, time_s=elapsed,
                        images_per_s=images * self.world / max(elapsed, 1e-9),
-                       nonfinite_total=self.nonfinite_total, bad_samples=self.bad_samples)
+                       nonfinite_total=self.nonfinite_total, bad_samples=self.bad_samples,
+                       worker_restarts=self.worker_restarts)
         if is_main_process():
             log.info("epoch %d: %s", self.epoch + 1,
                      ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics
+
+    def _batches(self) -> Iterator[tuple[Any, int]]:
+        """The epoch's remaining batches; a dead DataLoader worker is replaced (see module docs).
+
+        The loader is rebuilt at ``batch_in_epoch``, the first batch not yet trained on, so
+        batches prefetched by the dead worker are simply loaded again.
+        """
+        while True:
+            try:
+                yield from self._loader()
+                return
+            except RuntimeError as e:
+                if not _is_worker_crash(e):
+                    raise
+                self.worker_restarts += 1
+                first = str(e).strip().splitlines()[0]
+                if self.worker_restarts > self.cfg.max_worker_restarts:
+                    raise TrainingAborted(
+                        f"DataLoader workers died {self.worker_restarts} times (limit max_worker_restarts="
+                        f"{self.cfg.max_worker_restarts}; last at epoch {self.epoch + 1}, batch "
+                        f"{self.batch_in_epoch}: {first}). A sample may crash its decoder, or workers run out "
+                        "of memory: rerun with --workers 0 to see the failing sample, or fewer workers. "
+                        "Resume continues from the last checkpoint.") from e
+                log.warning("%s: restarting the data loader at epoch %d, batch %d (%d/%d restarts)",
+                            first, self.epoch + 1, self.batch_in_epoch, self.worker_restarts,
+                            self.cfg.max_worker_restarts)
 
     def _evaluate(self) -> dict[str, float]:
         results: dict[str, float] = {}

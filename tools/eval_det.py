@@ -47,7 +47,14 @@ def load_detector(args: argparse.Namespace) -> tuple[object, dict[int, int] | No
         raise SystemExit("error: give --checkpoint, or --model NAME --weights FILE")
     from mobiledense.heads import create_detector
 
-    model = create_detector(args.model, num_classes=args.num_classes, weights=args.weights).eval()
+    from .common import summarize_load_error
+
+    try:
+        model = create_detector(args.model, num_classes=args.num_classes, weights=args.weights).eval()
+    except RuntimeError as e:  # load_state_dict: another architecture or another number of classes
+        raise ValueError(f"--weights {args.weights} do not fit --model {args.model} with --num-classes "
+                         f"{args.num_classes}: {summarize_load_error(e)}. Pass the detector name and the "
+                         "number of classes (incl. background) the weights were trained with") from e
     return model, None
 
 
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     model, mapping = load_detector(args)
     dataset = CocoDetection(args.val_images, args.val_ann,
                             label_mapping=args.label_mapping if mapping is None else "contiguous")
+    if len(dataset) == 0:
+        raise ValueError(f"{args.val_ann} lists no images: nothing to evaluate")
     if mapping is not None:
         unknown = sorted(set(mapping.values()) - set(dataset.coco.cats))
         if unknown:
@@ -75,11 +84,15 @@ def run(args: argparse.Namespace) -> int:
 
     write_coco_results(detections, out / "results.json")
     result.to_json(out / "metrics.json")
-    plot_pr_curves(result, out / "pr_curves.png")
     named = [c for c in result.per_class if c.num_gt > 0]
-    plot_per_class_bars([c.name for c in named], [c.ap for c in named], out / "per_class_ap.png",
-                        "AP@[.5:.95] per class")
+    if named:
+        plot_pr_curves(result, out / "pr_curves.png")
+        plot_per_class_bars([c.name for c in named], [c.ap for c in named], out / "per_class_ap.png",
+                            "AP@[.5:.95] per class")
+    else:
+        log.warning("%s has no ground-truth boxes: COCO metrics are undefined and no plots are drawn",
+                    args.val_ann)
     print(result.summary(per_class=True))
-    print(f"\nwrote {out}/results.json, metrics.json, pr_curves.png, per_class_ap.png "
-          f"({result.backend}, {result.seconds:.2f} s)")
+    print(f"\nwrote {out}/results.json, metrics.json" + (", pr_curves.png, per_class_ap.png" if named else "")
+          + f" ({result.backend}, {result.seconds:.2f} s)")
     return 0

@@ -2,12 +2,16 @@
 
 One image is in memory at a time and results are streamed to
 ``predictions.jsonl``, so memory stays flat however many images are given.
+An image that cannot be read (missing, empty, truncated, corrupt) gets an
+``{"file": ..., "error": ...}`` line instead and the run goes on; the exit
+status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +81,16 @@ def run(args: argparse.Namespace) -> int:
     model.score_thresh = min(model.score_thresh, args.score_thresh)
     out = Path(args.output_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    n_boxes = 0
+    n_boxes, failed = 0, 0
     with (out / "predictions.jsonl").open("w") as f, torch.inference_mode():
         for path in tqdm(files, desc="predict", unit="img"):
-            image = read_image_rgb(path)
+            try:
+                image = read_image_rgb(path)
+            except (OSError, ValueError) as e:  # one unreadable file must not end a long run
+                failed += 1
+                tqdm.write(f"warning: skipping {path}: {e}", file=sys.stderr)
+                f.write(json.dumps({"file": str(path), "error": str(e)}) + "\n")
+                continue
             x = torch.from_numpy(image).permute(2, 0, 1).to(device).float().div_(255)
             det = {k: v.cpu().numpy() for k, v in model([x])[0].items()}
             keep = det["scores"] >= args.score_thresh
@@ -97,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_overlay:
                 cv2.imwrite(str(out / "overlays" / f"{path.stem}.png"),
                             draw_detections(image, boxes, labels, scores, names))
-    print(f"{len(files)} images, {n_boxes} detections >= {args.score_thresh}: {out}/predictions.jsonl"
+    print(f"{len(files) - failed} images, {n_boxes} detections >= {args.score_thresh}: {out}/predictions.jsonl"
           + ("" if args.no_overlay else f", overlays in {out}/overlays/"))
-    return 0
+    if failed:
+        print(f"error: {failed} of {len(files)} images could not be read (their \"error\" lines in "
+              f"{out}/predictions.jsonl say why)", file=sys.stderr)
+    return 1 if failed else 0

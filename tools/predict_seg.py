@@ -2,12 +2,14 @@
 
 Per image: ``<stem>_labelIds.png`` (official Cityscapes label ids),
 ``<stem>_color.png`` (official palette) and ``<stem>_overlay.png`` (palette
-blended over the photo). One image is in memory at a time.
+blended over the photo). One image is in memory at a time. An image that
+cannot be read is reported and skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .common import add_device_argument
@@ -39,9 +41,15 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with torch.inference_mode():
         for path in tqdm(files, desc="segment", unit="img"):
-            image = read_image_rgb(path)
+            try:
+                image = read_image_rgb(path)
+            except (OSError, ValueError) as e:  # one unreadable file must not end a long run
+                failed += 1
+                tqdm.write(f"warning: skipping {path}: {e}", file=sys.stderr)
+                continue
             h, w = image.shape[:2]
             x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float().div_(255)
             if args.scale != 1.0:
@@ -54,5 +62,7 @@ def run(args: argparse.Namespace) -> int:
             cv2.imwrite(str(out / f"{path.stem}_labelIds.png"), train_ids_to_label_ids(train_ids))
             cv2.imwrite(str(out / f"{path.stem}_color.png"), cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    print(f"{len(files)} images -> {out}/ (*_labelIds.png, *_color.png, *_overlay.png)")
-    return 0
+    print(f"{len(files) - failed} images -> {out}/ (*_labelIds.png, *_color.png, *_overlay.png)")
+    if failed:
+        print(f"error: {failed} of {len(files)} images could not be read (see the warnings above)", file=sys.stderr)
+    return 1 if failed else 0

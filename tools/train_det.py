@@ -81,6 +81,8 @@ def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path) -> t
             splits["val"] = (args.val_images or args.train_images, args.val_ann)
     tf = build_det_transforms(augment, size, train=True)
     train = CocoDetection(*splits["train"], transforms=tf, label_mapping=args.label_mapping)
+    if len(train) == 0:
+        raise ValueError(f"{train.ann_file} lists no images: nothing to train on")
     val = CocoDetection(*splits["val"], label_mapping=args.label_mapping) if "val" in splits else None
     if val is not None and val.label_to_category_id != train.label_to_category_id:
         raise SystemExit(f"error: train ({train.ann_file}) and val ({val.ann_file}) have different categories")
@@ -88,15 +90,17 @@ def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path) -> t
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobiledense.heads import create_detector
+    from mobiledense.heads import create_detector, get_detector_factory
 
-    from .engine import Trainer, configure_logging, is_main_process
+    from .engine import Trainer, configure_logging, is_main_process, seed_everything
     from .evaluate import evaluate_detector
 
     configure_logging()
     preset = PRESETS[args.preset]
     cfg = cli_overrides(preset["train"], vars(args))
     cfg.validate()
+    get_detector_factory(args.model)  # an unknown name fails before any data is written
+    seed_everything(cfg.seed)  # the initial weights follow --seed (torch seeds randomly otherwise)
     size = args.size or preset["size"]
     out = Path(args.output_dir)
     train, val = _datasets(args, size, args.augment or preset["augment"], out)

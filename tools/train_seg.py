@@ -116,13 +116,14 @@ def run(args: argparse.Namespace) -> int:
 
     from mobiledense.heads.seg_losses import build_seg_loss
 
-    from .engine import Trainer, configure_logging, is_main_process
+    from .engine import Trainer, configure_logging, is_main_process, seed_everything
     from .evaluate import evaluate_segmenter
 
     configure_logging()
     preset = PRESETS[args.preset]
     cfg = cli_overrides(preset["train"], vars(args))
     cfg.validate()
+    seed_everything(cfg.seed)  # the initial weights follow --seed (torch seeds randomly otherwise)
     out = Path(args.output_dir)
     train, val, root = _datasets(args, preset, out)
     model, head_info = build_segmenter(args, train.num_classes)

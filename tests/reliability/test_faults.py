@@ -1,0 +1,106 @@
+"""Faults inside a training run: DataLoader workers that die, bad samples in workers, stale temp files.
+
+In-process skipping of bad samples, non-finite losses and resume are tested in
+tests/tools/test_engine.py; here the multi-process cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, get_worker_info
+
+from mobiledense.tools.engine import TrainConfig, Trainer, TrainingAborted
+
+
+class Regression(Dataset):
+    """y = A x with numpy-drawn jitter; ``crash`` indices kill the worker process reading them,
+    ``bad`` indices raise. ``crash_once`` (a path): crash only while that file does not exist."""
+
+    def __init__(self, crash: set[int] = frozenset(), bad: set[int] = frozenset(),
+                 crash_once: Path | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(40, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 3, generator=g)
+        self.crash, self.bad, self.crash_once = crash, bad, crash_once
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):  # noqa: ANN204
+        if i in self.crash and get_worker_info() is not None:
+            if self.crash_once is None or not self.crash_once.exists():
+                if self.crash_once is not None:
+                    self.crash_once.touch()
+                os._exit(3)  # as a segfaulting decoder or the OOM killer would: no exception, no cleanup
+        if i in self.bad:
+            raise OSError(f"sample {i} is corrupt")
+        return self.x[i] + torch.from_numpy(np.random.normal(0, 0.1, 8).astype("float32")), self.y[i]
+
+
+def _collate(samples):  # noqa: ANN001, ANN202
+    xs, ys = zip(*samples)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _mse(model, x, y):  # noqa: ANN001, ANN202
+    return {"mse": nn.functional.mse_loss(model(x), y)}
+
+
+def _trainer(out: Path, data: Dataset, **kw) -> Trainer:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
+    cfg = dataclasses.replace(TrainConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, workers=2, eval_every=0,
+                                          keep_checkpoints=1), **kw)
+    return Trainer(model, data, _collate, _mse, cfg, out, progress=False)
+
+
+def _same_weights(a: Trainer, b: Trainer) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_a_dead_worker_is_replaced_and_the_run_is_unchanged(tmp_path: Path, caplog) -> None:
+    ref = _trainer(tmp_path / "ref", Regression())
+    ref.fit()
+    t = _trainer(tmp_path / "crash", Regression(crash={13}, crash_once=tmp_path / "crashed"))
+    metrics = t.fit()
+    assert (tmp_path / "crashed").exists(), "the worker never crashed: the test tests nothing"
+    assert metrics["worker_restarts"] == 1 and t.step == ref.step == 20
+    assert _same_weights(ref, t)  # no batch lost or repeated
+    assert "DataLoader worker" in caplog.text and "restarting the data loader at epoch" in caplog.text
+
+
+def test_a_worker_that_always_dies_aborts_with_a_message(tmp_path: Path) -> None:
+    t = _trainer(tmp_path, Regression(crash={13}), max_worker_restarts=2)
+    with pytest.raises(TrainingAborted, match=r"DataLoader workers died 3 times \(limit max_worker_restarts=2; "
+                                              r"last at epoch 1.*rerun with --workers 0"):
+        t.fit()
+
+
+def test_bad_samples_in_workers_are_skipped_and_counted(tmp_path: Path) -> None:
+    """The worker logs each skip (to its stderr); the main process counts them from the batches."""
+    t = _trainer(tmp_path, Regression(bad={3, 17}))
+    assert t.fit()["bad_samples"] == 4  # 2 samples x 2 epochs
+    t = _trainer(tmp_path / "strict", Regression(bad={3, 17}), max_bad_samples=1)
+    with pytest.raises(TrainingAborted, match=r"2 training samples failed to load \(limit max_bad_samples=1\)"):
+        t.fit()
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / "checkpoints" / ".checkpoint_00000004.pt.abc123.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a checkpoint")
+    _trainer(tmp_path, Regression(), epochs=1, workers=0).fit()
+    assert not stale.exists()
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["checkpoint_00000010.pt", "last.pt"]
+
+
+def test_config_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_worker_restarts must be >= 0, got -1"):
+        TrainConfig(max_worker_restarts=-1).validate()

@@ -60,7 +60,11 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"image file is empty (0 bytes): {path}")
     if buf[:2].tobytes() == _JPEG_SOI and not _jpeg_is_complete(buf):
         raise ImageReadError(f"JPEG file is truncated (no end-of-image marker after the last scan): {path}")
-    img = cv2.imdecode(buf, _FLAGS)
+    try:
+        img = cv2.imdecode(buf, _FLAGS)
+    except cv2.error as e:  # e.g. a header beyond CV_IO_MAX_IMAGE_PIXELS (decompression bomb)
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"cannot decode image {path}: {msg}") from e
     if img is None:
         raise ImageReadError(f"cannot decode image (corrupt, truncated or unsupported format): {path}")
     if img.dtype != np.uint8:  # IMREAD_COLOR already yields 8 bit; keep the contract explicit

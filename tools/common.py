@@ -101,3 +101,31 @@ def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def materialize_once(root: Path, write: Any) -> Path:
+    """Create the folder ``root`` with ``write(tmp_dir)`` exactly once, atomically.
+
+    Each caller writes into its own temporary sibling, then renames it to
+    ``root``; when several processes race (DDP ranks), one rename wins and the
+    others discard their copy, so nobody ever reads a half-written dataset.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(root)
+    if root.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write(tmp)
+        os.rename(tmp, root)
+    except OSError:
+        if not root.exists():
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

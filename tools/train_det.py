@@ -68,10 +68,12 @@ def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path) -> t
     if args.train_ann is None:
         if args.train_images or args.val_ann or args.val_images:
             raise SystemExit("error: --train-images/--val-ann/--val-images need --train-ann")
+        from .common import materialize_once
+
         root = out / "synthetic"
-        if not (root / "annotations" / "instances_val.json").exists():
+        if not root.exists():
             log.info("writing %d synthetic images to %s", args.synthetic_images, root)
-            make_synthetic_coco(root, num_images=args.synthetic_images, seed=0)
+        materialize_once(root, lambda d: make_synthetic_coco(d, num_images=args.synthetic_images, seed=0))
         splits = {s: (root / "images" / s, root / "annotations" / f"instances_{s}.json") for s in ("train", "val")}
     else:
         if not args.train_images:

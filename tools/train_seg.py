@@ -78,11 +78,13 @@ def _datasets(args: argparse.Namespace, preset: dict[str, Any], out: Path) -> tu
     if root is None:
         from mobiledense.datasets.synthetic_seg import make_synthetic_cityscapes
 
+        from .common import materialize_once
+
         root = out / "synthetic"
-        if not (root / "gtFine").is_dir():
+        if not root.exists():
             log.info("writing %d synthetic frames to %s", args.synthetic_frames, root)
-            make_synthetic_cityscapes(root, num_train=args.synthetic_frames,
-                                      num_val=max(args.synthetic_frames // 4, 4), size=base, seed=0)
+        materialize_once(root, lambda d: make_synthetic_cityscapes(
+            d, num_train=args.synthetic_frames, num_val=max(args.synthetic_frames // 4, 4), size=base, seed=0))
     train_tf = build_seg_transforms(True, crop_size=tuple(args.crop or preset["crop"]), base_size=base,
                                     scale_range=preset["scale"])
     eval_tf = build_seg_transforms(False, base_size=base, eval_scale=args.eval_scale)

@@ -54,12 +54,15 @@ def evaluate_detector(model: nn.Module, dataset: Any, **kwargs: Any) -> tuple[Co
 
 def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu",
                        workers: int = 0, progress: bool = True, confusion: Any = None,
-                       on_prediction: Any = None) -> Any:
+                       on_prediction: Any = None, distributed: bool = False) -> Any:
     """mIoU & co. of ``model`` over ``dataset`` (yielding ``(image, mask)``), one frame at a time.
 
     Logits are upsampled (bilinear) to the mask's resolution, so evaluating a
     half-resolution input still scores against the full-resolution labels.
     ``on_prediction(index, pred_train_ids)`` is called per frame (e.g. to save PNGs).
+    ``distributed=True`` sums the confusion over ranks (each rank scoring its own
+    shard); the default scores the whole set in this process alone (the trainer
+    evaluates on rank 0 only, so no collective may run here).
     Returns :class:`~mobiledense.tools.seg_metrics.SegMetrics`.
     """
     import torch.nn.functional as F
@@ -82,5 +85,6 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.devi
             conf.update(pred, mask.to(device))
             if on_prediction is not None:
                 on_prediction(i, pred[0].cpu())
-    conf.reduce()
+    if distributed:
+        conf.reduce()
     return conf.compute()

@@ -107,3 +107,23 @@ def test_bad_data_on_one_rank_stops_every_rank_with_its_message(tiny_coco, tmp_p
     assert "error: [rank 0] stopping: another process of the distributed run failed" in err or \
         "Signal 15 (SIGTERM) received" in err
     assert "Root Cause" in err and "rank      : 1" in err and "exitcode  : 2" in err
+
+
+@pytest.mark.slow
+def test_train_seg_cli_with_two_processes(tmp_path: Path, env) -> None:
+    """``train seg`` under torchrun: both ranks write the synthetic set race-free, train, rank 0 evaluates."""
+    from mobiledense.tools.common import load_trained_model
+
+    args = ["-m", "mobiledense.tools.cli", "train", "seg", "--backbone", "mobilenet_v3_small",
+            "--synthetic-frames", "8", "--base-size", "64", "128", "--crop", "64", "128", "--epochs", "1",
+            "--batch-size", "2", "--warmup-iters", "1", "--eval-every", "1", "--workers", "0", "--no-progress",
+            "--output-dir", str(tmp_path)]
+    proc, _ = _torchrun(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 2  # 8 frames / (2 ranks x 2)
+    model, info = load_trained_model(tmp_path / "checkpoints" / "last.pt", "seg")
+    assert info["backbone"] == "mobilenet_v3_small" and model.num_classes == 19
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and "mIoU" in rows[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthetic")]  # losers cleaned up

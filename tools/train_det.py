@@ -29,9 +29,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         size=320, augment="ssdlite"),
     # A few CPU minutes on the synthetic shapes: the README's first command.
     "quick": dict(
-        train=TrainConfig(epochs=24, batch_size=16, lr=0.05, weight_decay=4e-5, schedule="cosine",
-                          warmup_iters=30, warmup_factor=0.01, workers=2, eval_every=8, bn_momentum=0.1),
-        size=192, augment="ssdlite"),
+        train=TrainConfig(epochs=16, batch_size=16, lr=2e-3, optimizer="adamw", weight_decay=1e-4,
+                          schedule="cosine", warmup_iters=20, warmup_factor=0.1, workers=2, eval_every=8,
+                          bn_momentum=0.1),
+        size=160, augment="ssdlite", synthetic_images=300),
 }
 
 
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train-ann", help="COCO-format train annotations json")
     data.add_argument("--val-images", help="folder of the val images")
     data.add_argument("--val-ann", help="COCO-format val annotations json")
-    data.add_argument("--synthetic-images", type=int, default=600,
-                      help="images of the synthetic set when no --train-ann is given (default 600)")
+    data.add_argument("--synthetic-images", type=int,
+                      help="images of the synthetic set when no --train-ann is given (preset default)")
     data.add_argument("--label-mapping", choices=("contiguous", "category_id"), default="contiguous",
                       help="labels 1..K (default) or raw category ids (torchvision's 91-class COCO)")
     model = parser.add_argument_group("model")
@@ -62,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_config_arguments(parser)
 
 
-def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path) -> tuple[Any, Any]:
+def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path,
+              preset: dict[str, Any]) -> tuple[Any, Any]:
     from mobiledense.datasets import CocoDetection, build_det_transforms, make_synthetic_coco
 
     if args.train_ann is None:
@@ -71,9 +73,10 @@ def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path) -> t
         from .common import materialize_once
 
         root = out / "synthetic"
+        n_synth = args.synthetic_images or preset.get("synthetic_images", 600)
         if not root.exists():
-            log.info("writing %d synthetic images to %s", args.synthetic_images, root)
-        materialize_once(root, lambda d: make_synthetic_coco(d, num_images=args.synthetic_images, seed=0))
+            log.info("writing %d synthetic images to %s", n_synth, root)
+        materialize_once(root, lambda d: make_synthetic_coco(d, num_images=n_synth, seed=0))
         splits = {s: (root / "images" / s, root / "annotations" / f"instances_{s}.json") for s in ("train", "val")}
     else:
         if not args.train_images:
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)  # the initial weights follow --seed (torch seeds randomly otherwise)
     size = args.size or preset["size"]
     out = Path(args.output_dir)
-    train, val = _datasets(args, size, args.augment or preset["augment"], out)
+    train, val = _datasets(args, size, args.augment or preset["augment"], out, preset)
     model_kwargs: dict[str, Any] = {"size": size, "loss": args.loss}
     if args.reduced_tail:
         model_kwargs["reduced_tail"] = True

@@ -141,10 +141,28 @@ class TrainingAborted(RuntimeError):
     """Training stopped on purpose (too many bad samples or worker crashes); the message says why."""
 
 
-def _is_worker_crash(e: BaseException) -> bool:
-    """True for the error a DataLoader raises when one of its worker processes died."""
-    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and (
-        "exited unexpectedly" in str(e) or "killed by signal" in str(e))
+#: What iterating a multi-process DataLoader raises when a worker died: the loader's own
+#: RuntimeError, or, when the worker died while handing a batch's shared-memory handle to
+#: the main process (before the loader noticed it was gone), the socket's error.
+_LOADER_ERRORS = (RuntimeError, ConnectionError, EOFError)
+
+
+def _is_worker_crash(e: BaseException, workers: int) -> bool:
+    """True for the error a DataLoader raises when one of its worker processes died.
+
+    Errors of the samples themselves never look like this: the dataset wrapper catches
+    them inside the worker (skipped and counted), so a ``ConnectionError`` or ``EOFError``
+    out of the loader's iterator is the inter-process channel breaking.
+    """
+    if isinstance(e, RuntimeError):
+        return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed by signal" in str(e))
+    return workers > 0 and isinstance(e, (ConnectionError, EOFError))
+
+
+def _crash_summary(e: BaseException) -> str:
+    if isinstance(e, RuntimeError):
+        return str(e).strip().splitlines()[0]
+    return f"lost the connection to a DataLoader worker ({type(e).__name__}: {e})"
 
 
 # --------------------------------------------------------------------------- distributed
@@ -590,11 +608,11 @@ class Trainer:
             try:
                 yield from self._loader()
                 return
-            except RuntimeError as e:
-                if not _is_worker_crash(e):
+            except _LOADER_ERRORS as e:
+                if not _is_worker_crash(e, self.cfg.workers):
                     raise
                 self.worker_restarts += 1
-                first = str(e).strip().splitlines()[0]
+                first = _crash_summary(e)
                 if self.worker_restarts > self.cfg.max_worker_restarts:
                     raise TrainingAborted(
                         f"DataLoader workers died {self.worker_restarts} times (limit max_worker_restarts="

@@ -115,6 +115,40 @@ def test_a_worker_that_always_dies_aborts_with_a_message(tmp_path: Path) -> None
     _in_subprocess("_always_dies_body", tmp_path)
 
 
+def test_a_broken_worker_channel_is_a_worker_crash(tmp_path: Path, monkeypatch) -> None:
+    """A worker that dies while handing over a batch's shared-memory handle surfaces as a
+    ``ConnectionResetError`` from the socket before the loader notices the death: it is
+    handled as a crash (loader rebuilt at the first untrained batch), not a failed run."""
+    from mobiledense.tools import engine
+
+    ref = _trainer(tmp_path / "ref", Regression(), workers=0)
+    ref.fit()
+    real_loader, broken = engine.Trainer._loader, []
+
+    def flaky_loader(self):  # noqa: ANN001, ANN202
+        loader = real_loader(self)
+        if self.epoch == 1 and not broken:
+            def failing():  # noqa: ANN202
+                for i, batch in enumerate(loader):
+                    if i == 2:
+                        broken.append(self.batch_in_epoch)
+                        raise ConnectionResetError(104, "Connection reset by peer")
+                    yield batch
+            return failing()
+        return loader
+
+    monkeypatch.setattr(engine.Trainer, "_loader", flaky_loader)
+    t = _trainer(tmp_path / "broken", Regression(), workers=2)
+    metrics = t.fit()
+    assert broken == [2] and metrics["worker_restarts"] == 1 and t.step == ref.step == 20
+    assert _same_weights(ref, t)  # the two batches trained before the break are not trained again
+
+    t = _trainer(tmp_path / "in-process", Regression(), workers=0)
+    broken.clear()
+    with pytest.raises(ConnectionResetError):  # no workers: a real error of the data, not a crash
+        t.fit()
+
+
 def test_bad_samples_in_workers_are_skipped_and_counted(tmp_path: Path) -> None:
     """The worker logs each skip (to its stderr); the main process counts them from the batches."""
     t = _trainer(tmp_path, Regression(bad={3, 17}))

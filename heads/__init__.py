@@ -4,6 +4,8 @@ Detection: ``create_detector(name, num_classes)`` / ``list_detectors()``, the
 named factories (``ssdlite320_mobilenet_v3_large``, ``ssdlite_<backbone>`` for
 every registered backbone) and the pure units (default boxes, box coder,
 matcher, losses) the :class:`SSDLite` meta-architecture is made of.
+Inference: ``optimize_for_inference(model)`` (BN folding, fused conv + activation,
+channels-last; :mod:`mobiledense.heads.inference`).
 """
 
 from . import detector as _detector
@@ -11,6 +13,7 @@ from .anchors import DefaultBoxes
 from .box_coder import BoxCoder
 from .detector import (
     SSDLite,
+    batched_nms_topn,
     build_ssdlite,
     create_detector,
     detector_madds,
@@ -21,6 +24,13 @@ from .detector import (
     ssdlite320_mobilenet_v3_large,
     ssdlite_mobilenet_v2,
     ssdlite_mobilenet_v3_small,
+)
+from .inference import (
+    FusedConv2d,
+    InferenceOnlyError,
+    fold_batchnorm,
+    fuse_conv_activations,
+    optimize_for_inference,
 )
 from .losses import focal_multibox_loss, hard_negative_mask, multibox_loss
 from .matcher import SSDMatcher
@@ -48,19 +58,25 @@ _LAZY = {
 __all__ = [
     "BoxCoder",
     "DefaultBoxes",
+    "FusedConv2d",
+    "InferenceOnlyError",
     "SSDLite",
     "SSDLiteHead",
     "SSDMatcher",
+    "batched_nms_topn",
     "build_ssdlite",
     "create_detector",
     "detector_madds",
     "extra_blocks",
     "focal_multibox_loss",
+    "fold_batchnorm",
+    "fuse_conv_activations",
     "from_torchvision_ssdlite",
     "get_detector_factory",
     "hard_negative_mask",
     "list_detectors",
     "multibox_loss",
+    "optimize_for_inference",
     "select_detections",
     "ssdlite320_mobilenet_v3_large",
     "ssdlite_mobilenet_v2",

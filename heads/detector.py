@@ -18,7 +18,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torch.nn.utils.rnn import pad_sequence
+from torchvision.ops import box_iou, clip_boxes_to_image, nms
 
 from mobiledense.backbones import Backbone, count_madds, create_backbone, list_backbones, load_state_dict_file
 
@@ -31,6 +32,7 @@ from .ssdlite import BatchNorm, SSDLiteHead, extra_blocks, normal_init
 __all__ = [
     "SSDLite",
     "select_detections",
+    "batched_nms_topn",
     "create_detector",
     "list_detectors",
     "get_detector_factory",
@@ -50,26 +52,84 @@ def select_detections(
     boxes: Tensor, scores: Tensor, score_thresh: float, topk_candidates: int, nms_thresh: float,
     detections_per_img: int,
 ) -> dict[str, Tensor]:
-    """torchvision's SSD post-processing of one image, vectorised over classes.
+    """torchvision's SSD post-processing of one image, without a loop over classes.
 
     Per class (column ``j`` of ``scores`` is label ``j + 1``): keep scores above
-    ``score_thresh``, then the ``topk_candidates`` best; then class-wise NMS
-    (``batched_nms``) and the ``detections_per_img`` best overall, by decreasing score.
+    ``score_thresh``, then the ``topk_candidates`` best; then class-wise NMS and the
+    ``detections_per_img`` best overall, by decreasing score: the detections of
+    torchvision's ``SSD.postprocess_detections``.
+
+    Only the best candidates can reach the output, so when there are many (an untrained
+    network puts nearly every (anchor, class) pair above 0.001) the work is done on a
+    prefix: the ``m`` best scores of the image (one ``topk``), ranked within their class
+    to apply the per-class top-k (exact: every better candidate of the same class is in
+    the prefix), then NMS (:func:`batched_nms_topn`). NMS keeps or drops a box by looking
+    only at better boxes, so once the prefix yields ``detections_per_img`` survivors, or
+    holds every candidate that passes the per-class top-k, the rest cannot change the
+    output; otherwise ``m`` grows 4x.
 
     Args:
         boxes: (A, 4) decoded xyxy boxes. scores: (A, K) foreground class scores.
     """
-    anchor_idx, cls_idx = torch.nonzero(scores > score_thresh, as_tuple=True)
+    num_classes = scores.shape[1]
+    above = scores > score_thresh
+    per_class = above.sum(0)
+    num_above = int(per_class.sum())
+    k = min(topk_candidates, scores.shape[0])
+    if k <= 0 or num_above == 0 or detections_per_img <= 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=scores.device)
+        return {"boxes": boxes.new_zeros((0, 4)), "scores": scores.new_zeros(0), "labels": empty}
+    num_valid = int(per_class.clamp(max=k).sum())  # candidates that pass the per-class top-k
+    m = num_above if num_above <= 64 * detections_per_img else 4 * detections_per_img
+    while True:
+        cand, anchor_idx, cls_idx = _best_candidates(scores, above, m, num_above)
+        by_class = cls_idx.argsort(stable=True)  # grouped by class, best first
+        counts = torch.bincount(cls_idx, minlength=num_classes)
+        rank = torch.empty_like(cls_idx)
+        rank[by_class] = torch.arange(m, device=cls_idx.device) - (counts.cumsum(0) - counts)[cls_idx[by_class]]
+        ok = rank < k
+        sel_boxes, sel_scores, labels = boxes[anchor_idx[ok]], cand[ok], cls_idx[ok] + 1
+        keep = batched_nms_topn(sel_boxes, sel_scores, labels, nms_thresh, detections_per_img)
+        if len(keep) >= detections_per_img or m == num_above or len(sel_scores) == num_valid:
+            return {"boxes": sel_boxes[keep], "scores": sel_scores[keep], "labels": labels[keep]}
+        m = num_above if 8 * m >= num_above else 4 * m
+
+
+def _best_candidates(scores: Tensor, above: Tensor, m: int, num_above: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(score, anchor, class) of the ``m`` best entries of ``scores`` above the threshold, best first."""
+    if m < num_above:
+        cand, idx = scores.reshape(-1).topk(m)
+        return cand, idx // scores.shape[1], idx % scores.shape[1]
+    anchor_idx, cls_idx = torch.nonzero(above, as_tuple=True)
     cand = scores[anchor_idx, cls_idx]
     order = cand.argsort(descending=True, stable=True)
-    order = order[cls_idx[order].argsort(stable=True)]  # grouped by class, best first
-    counts = torch.bincount(cls_idx, minlength=scores.shape[1])
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(len(order), device=scores.device) - starts[cls_idx[order]]
-    keep = order[rank < topk_candidates]
-    boxes, cand, labels = boxes[anchor_idx[keep]], cand[keep], cls_idx[keep] + 1
-    keep = batched_nms(boxes, cand, labels, nms_thresh)[:detections_per_img]
-    return {"boxes": boxes[keep], "scores": cand[keep], "labels": labels[keep]}
+    return cand[order], anchor_idx[order], cls_idx[order]
+
+
+def batched_nms_topn(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float, max_keep: int) -> Tensor:
+    """``torchvision.ops.batched_nms(boxes, scores, labels, iou_thresh)[:max_keep]`` for sorted input.
+
+    ``scores`` must be sorted in decreasing order. Greedy NMS keeps or drops a box by
+    looking only at higher-scored boxes, so NMS on a prefix of the candidates decides
+    that prefix exactly as NMS on all of them would; once a prefix yields ``max_keep``
+    survivors the rest cannot enter the output. The prefix starts at ``4 * max_keep``
+    and grows 4x until it does (or covers everything). Classes are kept apart with
+    per-class coordinate offsets computed in float64, where they are exact (float32
+    offsets, as in ``batched_nms``'s own trick, round box sides by up to ~1e-3 px).
+    """
+    n = len(boxes)
+    if n == 0 or max_keep <= 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    b = boxes.double()
+    b = b - b.min()
+    b = b + (labels.double() * (b.max() + 1.0))[:, None]
+    s = scores.double()
+    m = min(n, 4 * max_keep)
+    while True:
+        keep = nms(b[:m], s[:m], iou_thresh)
+        if len(keep) >= max_keep or m == n:
+            return keep[:max_keep]
+        m = min(n, 4 * m)
 
 
 def _feature_strides(backbone: Backbone) -> tuple[int, int]:
@@ -193,14 +253,27 @@ class SSDLite(nn.Module):
     def forward_inference(self, batch: Tensor, orig_sizes: Sequence[tuple[int, int]] | None = None
                           ) -> list[dict[str, Tensor]]:
         """Detections of a transformed batch, mapped back to ``orig_sizes`` (h, w) when given."""
+        boxes, scores = self.dense_predictions(batch)
+        return self.postprocess_detections(boxes, scores, batch.shape[-2:], orig_sizes)
+
+    def dense_predictions(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, A, 4) decoded xyxy boxes clipped to the batch and (N, A, C - 1) foreground scores.
+
+        Softmax (sigmoid with ``loss="focal"``) over each anchor's logits, computed once;
+        everything before NMS, and what the ONNX export returns (``mobiledense export``).
+        """
         outputs, anchors = self.head_outputs(batch)
         logits = outputs["cls_logits"]
         scores = (logits.sigmoid() if self.loss == "focal" else F.softmax(logits, dim=-1))[..., 1:]
         boxes = self.box_coder.decode(outputs["bbox_regression"], anchors)
-        boxes = clip_boxes_to_image(boxes, batch.shape[-2:])
-        h, w = batch.shape[-2:]
+        return clip_boxes_to_image(boxes, batch.shape[-2:]), scores
+
+    def postprocess_detections(self, boxes: Tensor, scores: Tensor, image_size: Sequence[int],
+                               orig_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
+        """Per image :func:`select_detections` on :meth:`dense_predictions`, boxes scaled to ``orig_sizes``."""
+        h, w = image_size
         results = []
-        for i in range(len(batch)):
+        for i in range(len(boxes)):
             det = select_detections(boxes[i], scores[i], self.score_thresh, self.topk_candidates,
                                     self.nms_thresh, self.detections_per_img)
             if orig_sizes is not None:
@@ -211,14 +284,25 @@ class SSDLite(nn.Module):
         return results
 
     def match(self, anchors: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
-        """(N, A) class targets (0 = background) and (N, A, 4) encoded boxes (0 at background)."""
-        cls_targets = anchors.new_zeros((len(targets), len(anchors)), dtype=torch.int64)
-        box_targets = anchors.new_zeros((len(targets), len(anchors), 4))
-        for i, t in enumerate(targets):
-            matches = self.matcher(box_iou(t["boxes"], anchors))
-            fg = torch.nonzero(matches >= 0).squeeze(1)
-            cls_targets[i, fg] = t["labels"][matches[fg]]
-            box_targets[i, fg] = self.box_coder.encode(t["boxes"][matches[fg]], anchors[fg])
+        """(N, A) class targets (0 = background) and (N, A, 4) encoded boxes (0 at background).
+
+        The whole batch at once: ground truth padded to the largest count, one IoU matrix,
+        one matcher call and one encoding (no loop over images on the device).
+        """
+        n, a = len(targets), len(anchors)
+        counts = [len(t["boxes"]) for t in targets]
+        if max(counts, default=0) == 0:
+            return anchors.new_zeros((n, a), dtype=torch.int64), anchors.new_zeros((n, a, 4))
+        gt = pad_sequence([t["boxes"].to(anchors) for t in targets], batch_first=True)  # (N, G, 4)
+        labels = pad_sequence([t["labels"].to(anchors.device) for t in targets], batch_first=True)
+        num_gt = torch.tensor(counts, device=anchors.device)
+        valid = torch.arange(gt.shape[1], device=anchors.device)[None] < num_gt[:, None]
+        iou = box_iou(gt.reshape(-1, 4), anchors).view(n, -1, a)
+        matches = self.matcher.match_batch(iou, valid)
+        fg, idx = matches >= 0, matches.clamp(min=0)
+        cls_targets = torch.where(fg, labels.gather(1, idx), 0)
+        matched = gt.gather(1, idx[..., None].expand(-1, -1, 4))
+        box_targets = torch.where(fg[..., None], self.box_coder.encode(matched, anchors), 0.0)
         return cls_targets, box_targets
 
     # ------------------------------------------------------------------ transform
@@ -243,7 +327,9 @@ class SSDLite(nn.Module):
     def _resize(self, x: Tensor) -> Tensor:
         if tuple(x.shape[-2:]) == self.size:
             return x
-        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        if x.device.type == "cpu":  # PyTorch's CPU bilinear kernel is ~10x faster on NHWC 3-channel images
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False).contiguous()
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, images: Images) -> Sequence[Tensor] | Tensor:
@@ -467,4 +553,5 @@ def detector_madds(model: SSDLite, size: int | tuple[int, int] | None = None) ->
     """
     size = model.size if size is None else (size, size) if isinstance(size, int) else tuple(size)
     x = torch.zeros(1, 3, *size, device=model.image_mean.device)
-    return count_madds(_HeadOutputs(model), x)
+    # The wrapper takes the model's mode: count_madds restores the wrapper's mode on its children.
+    return count_madds(_HeadOutputs(model).train(model.training), x)

@@ -45,6 +45,27 @@ class SSDMatcher:
         matches[best_anchor] = torch.arange(iou.shape[0], dtype=torch.int64, device=iou.device)
         return matches
 
+    def match_batch(self, iou: Tensor, valid: Tensor) -> Tensor:
+        """:meth:`__call__` on every image of a padded batch at once.
+
+        Args:
+            iou: (N, G, A) IoU of each image's ground truth (padded to G rows) with the anchors.
+            valid: (N, G) bool, True for real ground-truth rows (padding never matches).
+
+        Returns the (N, A) int64 matches; equal, image by image, to :meth:`__call__` on the
+        image's real rows (same reductions, and the same "later ground truth wins" order).
+        """
+        n, g, a = iou.shape
+        if g == 0:
+            return torch.full((n, a), self.BACKGROUND, dtype=torch.int64, device=iou.device)
+        iou = iou.masked_fill(~valid[..., None], -1.0)  # below any real IoU: padding never wins
+        best_iou, matches = iou.max(dim=1)
+        matches[best_iou < self.iou_thresh] = self.BACKGROUND
+        _, best_anchor = iou.max(dim=2)  # (N, G)
+        img, gt = torch.nonzero(valid, as_tuple=True)  # image-major, then increasing gt index
+        matches[img, best_anchor[img, gt]] = gt
+        return matches
+
     def match_boxes(self, gt_boxes: Tensor, anchors: Tensor) -> Tensor:
         """:meth:`__call__` on ``box_iou(gt_boxes, anchors)`` (both xyxy)."""
         return self(box_iou(gt_boxes, anchors))

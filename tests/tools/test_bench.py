@@ -1,0 +1,114 @@
+"""``mobiledense bench``: the smoke run covers every section; checks can fail; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mobiledense.tools import benchmark
+from mobiledense.tools.bench import SECTION_NAMES
+from mobiledense.tools.benchmark import compare_detections, synthetic_coco, time_interleaved
+from mobiledense.tools.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, coco_dir) -> tuple[int, dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["bench", "--smoke", "--threads", "1", "--coco-dir", str(coco_dir),
+                 "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")])
+    return code, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def test_smoke_run_writes_every_section(smoke) -> None:
+    code, doc, _ = smoke
+    assert code == 0 and doc["checks_passed"]
+    assert set(doc["sections"]) == set(SECTION_NAMES)
+    for name, section in doc["sections"].items():
+        assert "skipped" not in section, (name, section.get("skipped"))
+        assert section["rows"], name
+        for row in section["rows"]:
+            assert row["section"] == name and row["check"]["passed"], row
+            assert row["ours"]["median"] > 0 and row["ours"]["p90"] >= row["ours"]["median"]
+            assert row["ours"]["images_per_s"] == pytest.approx(row["batch"] / row["ours"]["median"])
+            if row["reference"] is not None:
+                assert row["speedup"] == pytest.approx(row["reference"]["median"] / row["ours"]["median"])
+    m = doc["machine"]
+    assert m["threads"] == 1 and m["logical_cores"] >= 1 and m["torch"] == torch.__version__
+
+
+def test_smoke_rows_cover_the_issue(smoke) -> None:
+    _, doc, md = smoke
+    rows = {s: [r["name"] for r in sec["rows"]] for s, sec in doc["sections"].items()}
+    assert any("ssdlite320" in n for n in rows["det"])
+    assert {r["batch"] for r in doc["sections"]["det"]["rows"]} == {1, 2}  # latency and throughput
+    assert len(rows["seg"]) == 4  # two sizes x (batch 1, batch N)
+    from mobiledense.backbones import list_backbones
+
+    assert set(rows["backbones"]) == set(list_backbones())
+    tv_rows = [r for r in doc["sections"]["backbones"]["rows"] if r["reference_label"]]
+    assert {r["name"] for r in tv_rows} >= {"mobilenet_v2", "mobilenet_v3_large", "squeezenet1_1"}
+    assert len(rows["train"]) == 2 and len(rows["data"]) == 2 and len(rows["export"]) == 2
+    det = doc["sections"]["det"]["rows"][0]
+    assert det["info"]["params"] == 3_440_060 and det["info"]["madds"] > 0
+    assert det["check"]["detections"] > 0 and "ours_eager" in det["info"]
+    assert md.startswith("Machine:") and "| section | name |" in md
+
+
+def test_missing_coco_images_skip_the_data_section(tmp_path) -> None:
+    out = tmp_path / "b.json"
+    assert main(["bench", "--smoke", "--only", "data", "--coco-dir", str(tmp_path), "--json", str(out)]) == 0
+    section = json.loads(out.read_text())["sections"]["data"]
+    assert "real COCO images not found" in section["skipped"] and section["rows"] == []
+
+
+def test_a_failed_check_fails_the_run(tmp_path, monkeypatch, capsys) -> None:
+    real = benchmark._pycocotools_reference
+    monkeypatch.setattr(benchmark, "_pycocotools_reference", lambda gt, dets: real(gt, dets) + 1e-3)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--smoke", "--only", "eval", "--json", str(out)]) == 1
+    assert "outputs differ from the reference in: eval" in capsys.readouterr().out
+    assert json.loads(out.read_text())["checks_passed"] is False
+
+
+def _dets(n: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    return {"boxes": torch.cat([xy, xy + 10], 1), "scores": torch.rand(n, generator=g),
+            "labels": torch.randint(1, 4, (n,), generator=g)}
+
+
+def test_compare_detections_is_a_set_comparison_with_tolerances() -> None:
+    a = _dets(30, 0)
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(1))
+    shuffled = {k: v[perm] for k, v in a.items()}
+    assert compare_detections([a], [shuffled])["passed"]  # order does not matter
+    nudged = {**a, "boxes": a["boxes"] + 0.05, "scores": a["scores"] + 5e-4}
+    check = compare_detections([a], [nudged])
+    assert check["passed"] and check["max_box_diff"] == pytest.approx(0.05, abs=1e-5)
+    assert not compare_detections([a], [{**a, "boxes": a["boxes"] + 0.5}])["passed"]
+    assert not compare_detections([a], [{k: v[1:] for k, v in a.items()}])["passed"]  # one dropped
+    relabelled = {**a, "labels": a["labels"].clone()}
+    relabelled["labels"][0] = 4
+    assert not compare_detections([a], [relabelled])["passed"]
+    assert not compare_detections([a, a], [a])["passed"]
+
+
+def test_time_interleaved_rotates_and_counts() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    timings = time_interleaved(fns, repeats=3, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(t.n == 3 and 0 <= t.min <= t.median <= t.p90 for t in timings.values())
+
+
+def test_synthetic_coco_is_valid_and_has_true_positives() -> None:
+    from mobiledense.tools.coco_eval import evaluate_coco
+
+    gt, dets = synthetic_coco(40, 10)
+    assert len(gt["images"]) == 40 and len(dets) == 400 and len(gt["categories"]) == 80
+    stats = evaluate_coco(gt, dets, backend="pycocotools").stats
+    assert 0.05 < stats[1] < 0.95  # AP50: some true and some false positives
+    assert np.allclose(evaluate_coco(gt, dets, backend="faster_coco_eval").stats, stats, atol=1e-12)

@@ -310,11 +310,10 @@ class SSDLite(nn.Module):
                   ) -> tuple[Tensor, list[dict[str, Tensor]] | None, list[tuple[int, int]]]:
         """Normalise, resize to ``size`` (bilinear, as torchvision) and rescale target boxes."""
         orig_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        mean, std = self.image_mean[:, None, None], self.image_std[:, None, None]
         if isinstance(images, Tensor):
-            batch = self._resize((images - mean.to(images)) / std.to(images))
+            batch = self._normalize_resize(images)
         else:
-            batch = torch.cat([self._resize(((im - mean.to(im)) / std.to(im))[None]) for im in images])
+            batch = torch.cat([self._normalize_resize(im[None]) for im in images])
         if targets is not None:
             new_h, new_w = (torch.tensor(s, dtype=torch.float32) for s in self.size)
             scaled = []
@@ -324,10 +323,23 @@ class SSDLite(nn.Module):
             targets = scaled
         return batch, targets, orig_sizes
 
-    def _resize(self, x: Tensor) -> Tensor:
+    def _normalize_resize(self, x: Tensor) -> Tensor:
+        """``resize((x - mean) / std)`` as torchvision computes it, at the cost of the smaller side.
+
+        Bilinear weights sum to one, so normalising commutes with resizing (up to float
+        rounding): it is done on whichever of input and output has fewer pixels.
+        """
+        mean, std = self.image_mean.to(x)[:, None, None], self.image_std.to(x)[:, None, None]
         if tuple(x.shape[-2:]) == self.size:
-            return x
-        if x.device.type == "cpu":  # PyTorch's CPU bilinear kernel is ~10x faster on NHWC 3-channel images
+            return (x - mean) / std
+        if x.shape[-2] * x.shape[-1] < self.size[0] * self.size[1]:
+            return self._resize((x - mean) / std)
+        return self._resize(x).sub_(mean).div_(std)
+
+    def _resize(self, x: Tensor) -> Tensor:
+        # On one CPU thread PyTorch's bilinear kernel is faster on NHWC 3-channel images,
+        # with several threads on NCHW ones (measured: 1.0 vs 1.3 ms, 0.9 vs 0.3 ms at 480x640).
+        if x.device.type == "cpu" and torch.get_num_threads() == 1:
             x = x.contiguous(memory_format=torch.channels_last)
         return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False).contiguous()
 

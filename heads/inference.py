@@ -8,10 +8,16 @@
 * **Conv + activation.** ReLU / ReLU6 / h-swish / h-sigmoid / SiLU / sigmoid after a
   convolution run inside it, as a oneDNN post-op (the kernel ``torch.compile`` emits on
   CPU, ``torch.ops.mkldnn._convolution_pointwise``).
+* **Prepacked weights.** oneDNN wants weights in a blocked layout of its own; given
+  plain ones it reorders them on every call (15-30 us per layer, up to 3x a depthwise
+  layer's own time). :class:`FusedConv2d` reorders once per input shape and keeps the
+  result, as ``torch.compile``'s CPU backend does.
 * **Channels-last.** NHWC activations: oneDNN's fastest layout for depthwise and 1x1
-  convolutions. Single-threaded, eager PyTorch runs 1x1 convolutions as its own GEMM
-  ("thnn") instead, 1.3-4x slower than oneDNN on channels-last data above a few million
-  multiply-adds (below, it is faster and is kept: see ``ONEDNN_1X1_MIN_MACS``).
+  convolutions. Where PyTorch's own kernels beat a oneDNN call (its ~30 us fixed cost),
+  they are kept: batch-1 1x1 convolutions on at most ``NATIVE_1X1_MAX_NUMEL`` input
+  values (the small maps of SSD's last levels and SE blocks: 13 vs 35 us), and,
+  single-threaded, 1x1 convolutions below ``ONEDNN_1X1_MIN_MACS`` multiply-adds (run
+  by PyTorch as its own GEMM, "thnn").
 
 Pairs are found by running the model once with forward hooks, so hand-written
 ``self.bn(self.conv(x))`` forwards are handled as well as ``nn.Sequential`` rows. A conv is
@@ -33,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FusedConv2d", "InferenceOnlyError", "ONEDNN_1X1_MIN_MACS", "collapse_sequentials",
-           "example_inputs_for", "fold_batchnorm", "fuse_conv_activations", "onednn_available",
-           "optimize_for_inference"]
+__all__ = ["FusedConv2d", "InferenceOnlyError", "NATIVE_1X1_MAX_NUMEL", "ONEDNN_1X1_MIN_MACS",
+           "PACKED_SHAPES_KEPT", "collapse_sequentials", "example_inputs_for", "fold_batchnorm",
+           "fuse_conv_activations", "onednn_available", "optimize_for_inference"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -58,6 +64,13 @@ def _onednn_attr(act: nn.Module) -> tuple[str, list[float]] | None:
 #: Smallest single-threaded 1x1 convolution (multiply-adds per call) sent to oneDNN.
 ONEDNN_1X1_MIN_MACS = 4_000_000
 
+#: Largest batch-1 1x1 convolution input (values) left to PyTorch's native kernel when
+#: multi-threaded: PyTorch's own oneDNN/native cut-off (``use_mkldnn`` in ATen's Convolution.cpp).
+NATIVE_1X1_MAX_NUMEL = 20480
+
+#: Input shapes whose prepacked weights a :class:`FusedConv2d` keeps (least recently added dropped).
+PACKED_SHAPES_KEPT = 4
+
 _ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid)
 
 
@@ -71,11 +84,20 @@ def onednn_available() -> bool:
         x = torch.randn(1, 4, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
         w, b = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, generator=g)
         with torch.no_grad():
-            y = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 2, "relu", [], None)
             ref = F.relu(F.conv2d(x, w, b, 1, 1, 1, 2))
-        return bool(torch.allclose(y, ref, atol=1e-4, rtol=1e-4))
+            packed = _pack_weight(w, [1, 1], [1, 1], [1, 1], 2, x.shape)
+            return all(bool(torch.allclose(torch.ops.mkldnn._convolution_pointwise(
+                x, weight, b, [1, 1], [1, 1], [1, 1], 2, "relu", [], None), ref, atol=1e-4, rtol=1e-4))
+                for weight in (w, packed))
     except (RuntimeError, NotImplementedError):
         return False
+
+
+def _pack_weight(weight: Tensor, padding: list[int], stride: list[int], dilation: list[int], groups: int,
+                 input_shape: Sequence[int]) -> Tensor:
+    """``weight`` reordered into oneDNN's blocked layout for inputs of ``input_shape`` (an MKLDNN tensor)."""
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().to_mkldnn(), padding, stride, dilation,
+                                                     groups, list(input_shape))
 
 
 def _compiling() -> bool:
@@ -100,6 +122,26 @@ class FusedConv2d(nn.Conv2d):
         attr = (None, []) if activation is None else _onednn_attr(activation)
         self.attr, self.scalars = (attr if attr is not None else (None, []))
         self.channels_last = channels_last
+        self._packed: dict[tuple[int, ...], Tensor] = {}  # input shape -> prepacked weight
+        self._packed_for: tuple[int, int] | None = None  # (data_ptr, version) of the weight packed
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Prepacked weights are a cache of MKLDNN tensors, which neither pickle nor deepcopy.
+        return {**super().__getstate__(), "_packed": {}, "_packed_for": None}
+
+    def _packed_weight(self, x: Tensor) -> Tensor:
+        """The weight prepacked for ``x``'s shape (repacked when the weight changed)."""
+        identity = (self.weight.data_ptr(), self.weight._version)
+        if identity != self._packed_for:
+            self._packed, self._packed_for = {}, identity
+        shape = tuple(x.shape)
+        packed = self._packed.get(shape)
+        if packed is None:
+            if len(self._packed) >= PACKED_SHAPES_KEPT:
+                del self._packed[next(iter(self._packed))]
+            packed = self._packed[shape] = _pack_weight(self.weight, list(self.padding), list(self.stride),
+                                                        list(self.dilation), self.groups, shape)
+        return packed
 
     def _onednn(self, x: Tensor) -> bool:
         # NCHW data stays on PyTorch's own path: oneDNN would reorder it on every call.
@@ -110,19 +152,21 @@ class FusedConv2d(nn.Conv2d):
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
                 and not torch.jit.is_tracing() and not _compiling() and onednn_available()):
             return False
-        if self.kernel_size != (1, 1) or torch.get_num_threads() > 1:
+        if self.kernel_size != (1, 1) or self.groups != 1:
             return True  # PyTorch would call oneDNN too, without the fused activation
+        if torch.get_num_threads() > 1:  # PyTorch's native kernel only wins where PyTorch picks it itself
+            return not (x.shape[0] == 1 and self.stride == (1, 1) and x.numel() <= NATIVE_1X1_MAX_NUMEL)
         # Single-threaded 1x1: PyTorch's own GEMM path wins below a few million multiply-adds
-        # (oneDNN costs ~40 us per call); above, oneDNN is 1.3-4x faster.
+        # (oneDNN costs ~30 us per call); above, oneDNN is faster.
         macs = x.shape[0] * x.shape[2] * x.shape[3] * self.in_channels * self.out_channels
-        return macs // (self.stride[0] * self.stride[1] * self.groups) >= ONEDNN_1X1_MIN_MACS
+        return macs // (self.stride[0] * self.stride[1]) >= ONEDNN_1X1_MIN_MACS
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._onednn(x):
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation),
+                x, self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
                 self.groups, self.attr or "none", self.scalars, None)
         y = self._conv_forward(x, self.weight, self.bias)
         return y if self.activation is None else self.activation(y)

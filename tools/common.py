@@ -60,14 +60,18 @@ def build_model(run_info: dict[str, Any]) -> nn.Module:
     raise ValueError(f"checkpoint run_info has unknown task {task!r} (expected 'det' or 'seg')")
 
 
-def load_trained_model(path: str | Path, task: str, prefer_ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Model + run_info from a training checkpoint (``last.pt``/``checkpoint_*.pt``/``model_final.pt``)."""
+def load_trained_model(path: str | Path, task: str | None, prefer_ema: bool = True
+                       ) -> tuple[nn.Module, dict[str, Any]]:
+    """Model + run_info from a training checkpoint (``last.pt``/``checkpoint_*.pt``/``model_final.pt``).
+
+    ``task`` ("det"/"seg") refuses a checkpoint of the other task; None takes either.
+    """
     ckpt = load_checkpoint(path)
     info = ckpt.get("run_info")
     if not isinstance(info, dict) or "model" not in info:
         raise ValueError(f"{path} has no run_info: it is not a mobiledense training checkpoint "
                          "(for raw state_dicts use --model NAME --weights FILE)")
-    if info.get("task") != task:
+    if task is not None and info.get("task") != task:
         raise ValueError(f"{path} is a {info.get('task')!r} checkpoint, not {task!r}")
     model = build_model(info)
     key = "model_ema" if prefer_ema and "model_ema" in ckpt else "model"

@@ -10,8 +10,8 @@ dynamic; BatchNorm folded first by ``optimize_for_inference``, which ONNX Runtim
 
 * **Segmenter**: ``images`` (N, 3, H, W) float RGB in [0, 1] -> ``logits`` (N, C, H, W),
   normalisation and final upsampling included: ``model(images)``.
-* **Detector**: ``images`` (N, 3, H, W) float RGB in [0, 1], any size -> normalise, resize
-  to the model size, backbone and head, softmax (sigmoid for focal-loss models), box
+* **Detector**: ``images`` (N, 3, H, W) float RGB in [0, 1], any size -> resize to the
+  model size, normalise, backbone and head, softmax (sigmoid for focal-loss models), box
   decoding and clipping: ``boxes`` (N, A, 4) xyxy in model-input pixels and ``scores``
   (N, A, C - 1) for labels 1..C-1 (:meth:`SSDLite.dense_predictions`). The per-class
   top-k and NMS are **not** in the graph: :class:`OnnxDetector` runs them after it with
@@ -58,9 +58,9 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         m = self.model
-        batch = (images - m.image_mean[:, None, None]) / m.image_std[:, None, None]
-        batch = F.interpolate(batch, size=m.size, mode="bilinear", align_corners=False)
-        return m.dense_predictions(batch)
+        # Resize first: normalising commutes with bilinear resizing and costs less at the model size.
+        batch = F.interpolate(images, size=m.size, mode="bilinear", align_corners=False)
+        return m.dense_predictions((batch - m.image_mean[:, None, None]) / m.image_std[:, None, None])
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bool = True,
@@ -209,20 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_model(args: argparse.Namespace) -> nn.Module:
     if args.checkpoint:
-        from .checkpoint import load_checkpoint
-        from .common import build_model, summarize_load_error
+        from .common import load_trained_model
 
-        ckpt = load_checkpoint(args.checkpoint)
-        info = ckpt.get("run_info")
-        if not isinstance(info, dict) or "model" not in info:
-            raise ValueError(f"{args.checkpoint} has no run_info: not a mobiledense training checkpoint "
-                             "(for a raw state_dict use --model NAME --weights FILE)")
-        model = build_model(info)
-        try:
-            model.load_state_dict(ckpt["model_ema"] if "model_ema" in ckpt else ckpt["model"])
-        except RuntimeError as e:
-            raise ValueError(f"{args.checkpoint}: {summarize_load_error(e)}") from e
-        return model
+        return load_trained_model(args.checkpoint, task=None)[0]
     if not args.model:
         raise ValueError("give --checkpoint, or --model NAME (with --weights FILE for trained weights)")
     if args.model.startswith("ssdlite"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import pickle
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection.ssd import SSD
@@ -24,7 +27,12 @@ from mobiledense.heads import (
     ssdlite320_mobilenet_v3_large,
 )
 from mobiledense.heads import detector as detector_module
-from mobiledense.heads.inference import ONEDNN_1X1_MIN_MACS, onednn_available
+from mobiledense.heads.inference import (
+    NATIVE_1X1_MAX_NUMEL,
+    ONEDNN_1X1_MIN_MACS,
+    PACKED_SHAPES_KEPT,
+    onednn_available,
+)
 from mobiledense.heads.lraspp import lraspp_mobilenet_v3_large
 from mobiledense.tools.benchmark import calibrate_, compare_detections
 
@@ -141,28 +149,64 @@ def test_fold_skips_what_is_not_conv_then_bn() -> None:
         fold_batchnorm(model.train())
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):  # noqa: ANN001, ANN201
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not onednn_available(), reason="oneDNN fused convolution kernel not available")
-@pytest.mark.parametrize("cin,cout,k,groups,hw,act", [
-    (64, 128, 1, 1, 24, nn.Hardswish()),  # large 1x1: oneDNN
-    (8, 8, 1, 1, 4, nn.ReLU()),  # small 1x1: PyTorch's path
-    (32, 32, 3, 32, 10, nn.ReLU6()),  # depthwise
-    (16, 24, 3, 1, 9, nn.Hardsigmoid()),
+@pytest.mark.parametrize("n,cin,cout,k,groups,hw,act", [
+    (2, 64, 128, 1, 1, 24, nn.Hardswish()),  # large 1x1: oneDNN
+    (2, 8, 8, 1, 1, 4, nn.ReLU()),  # small 1x1, batch 2: PyTorch's path on one thread only
+    (1, 120, 32, 1, 1, 1, nn.ReLU()),  # an SE block's 1x1 on a 1x1 map: PyTorch's path
+    (1, 80, 96, 1, 1, 20, None),  # batch 1, above PyTorch's native cut-off: oneDNN on 2 threads
+    (2, 32, 32, 3, 32, 10, nn.ReLU6()),  # depthwise
+    (2, 16, 24, 3, 1, 9, nn.Hardsigmoid()),
 ])
-def test_fused_conv_paths_agree(cin: int, cout: int, k: int, groups: int, hw: int, act: nn.Module) -> None:
+def test_fused_conv_paths_agree(n: int, cin: int, cout: int, k: int, groups: int, hw: int, act: nn.Module | None,
+                                threads: int) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups)
     fused = FusedConv2d(conv, act, channels_last=True)
-    x = torch.randn(2, cin, hw, hw)
+    x = torch.randn(n, cin, hw, hw)
     with torch.no_grad():
-        expected = act(conv(x))
+        expected = conv(x) if act is None else act(conv(x))
         torch.testing.assert_close(fused(x), expected, atol=1e-4, rtol=1e-4)
         uses_onednn = fused._onednn(x.contiguous(memory_format=torch.channels_last))
-    big = 2 * hw * hw * cin * cout >= ONEDNN_1X1_MIN_MACS
-    assert uses_onednn == (k != 1 or big or torch.get_num_threads() > 1)
+    if k != 1:
+        assert uses_onednn
+    elif threads == 1:
+        assert uses_onednn == (n * hw * hw * cin * cout >= ONEDNN_1X1_MIN_MACS)
+    else:
+        assert uses_onednn == (n > 1 or x.numel() > NATIVE_1X1_MAX_NUMEL)
+    assert bool(fused._packed) == uses_onednn  # oneDNN calls use prepacked weights
     # Autograd falls back to the plain path: gradients flow.
     xg = x.clone().requires_grad_(True)
     fused(xg).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not onednn_available(), reason="oneDNN fused convolution kernel not available")
+def test_prepacked_weights_follow_the_weight_and_the_input_shape() -> None:
+    torch.manual_seed(0)
+    fused = FusedConv2d(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), channels_last=True)
+    with torch.no_grad():
+        for hw in range(6, 6 + PACKED_SHAPES_KEPT + 2):  # more shapes than kept: the oldest is dropped
+            x = torch.randn(1, 16, hw, hw)
+            torch.testing.assert_close(fused(x), F.relu(F.conv2d(x, fused.weight, fused.bias, padding=1)))
+        assert len(fused._packed) == PACKED_SHAPES_KEPT and (1, 16, 6, 6) not in fused._packed
+        fused.weight.mul_(0.5)  # a new weight must never run with the old packing
+        torch.testing.assert_close(fused(x), F.relu(F.conv2d(x, fused.weight, fused.bias, padding=1)))
+        assert list(fused._packed) == [tuple(x.shape)]
+    twin = copy.deepcopy(fused)  # the MKLDNN cache is dropped, not copied (it cannot be)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    assert twin._packed == {} and buffer.tell() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), fused(x))
 
 
 # --------------------------------------------------------------------------- post-processing

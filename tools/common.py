@@ -103,8 +103,25 @@ def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
     return "; ".join(parts) or str(e).strip().splitlines()[0]
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--eager`` of the tools that run a trained model (eval, predict)."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the model as trained: no BatchNorm folding or fused oneDNN kernels on CPU "
+                             "(optimize_for_inference; same outputs up to float rounding)")
+
+
+def inference_model(model: nn.Module, device: torch.device, eager: bool = False) -> nn.Module:
+    """``model`` in eval mode on ``device``; on CPU its :func:`optimize_for_inference` copy unless ``eager``.
+
+    On CUDA the model runs as built: the fused kernels are CPU ones (oneDNN).
+    """
+    model = model.eval().to(device)
+    if eager or device.type != "cpu":
+        return model
+    from mobiledense.heads.inference import optimize_for_inference
+
+    return optimize_for_inference(model)
 
 
 def materialize_once(root: Path, write: Any) -> Path:

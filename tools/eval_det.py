@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import add_device_argument
+from .common import add_inference_arguments
 
 log = logging.getLogger("mobiledense.eval")
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output-dir", default="runs/det/eval")
     parser.add_argument("--no-progress", action="store_true")
-    add_device_argument(parser)
+    add_inference_arguments(parser)
 
 
 def load_detector(args: argparse.Namespace) -> tuple[object, dict[int, int] | None]:
@@ -61,7 +61,7 @@ def load_detector(args: argparse.Namespace) -> tuple[object, dict[int, int] | No
 def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import CocoDetection
 
-    from .common import select_device
+    from .common import inference_model, select_device
     from .evaluate import evaluate_detector
     from .reports import plot_per_class_bars, plot_pr_curves
 
@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(mapping.values()) - set(dataset.coco.cats))
         if unknown:
             raise SystemExit(f"error: the model predicts category ids {unknown} that {args.val_ann} does not define")
+    device = select_device(args.device)
     result, detections = evaluate_detector(
-        model, dataset, batch_size=args.batch_size, workers=args.workers, device=select_device(args.device),
-        progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
+        inference_model(model, device, args.eager), dataset, batch_size=args.batch_size, workers=args.workers,
+        device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from .coco_eval import write_coco_results

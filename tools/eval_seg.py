@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from .common import add_device_argument
+from .common import add_inference_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs/seg/eval")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-progress", action="store_true")
-    add_device_argument(parser)
+    add_inference_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.cityscapes_labels import train_ids_to_label_ids
     from mobiledense.datasets.seg_transforms import build_seg_transforms
 
-    from .common import load_trained_model, select_device
+    from .common import inference_model, load_trained_model, select_device
     from .evaluate import evaluate_segmenter
     from .reports import plot_confusion_matrix, plot_per_class_bars
 
@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         name = f"{dataset.frames[i].stem}_leftImg8bit.png"
         cv2.imwrite(str(pred_dir / name), train_ids_to_label_ids(pred.numpy().astype("uint8")))
 
-    metrics = evaluate_segmenter(model, dataset, device=select_device(args.device), workers=args.workers,
-                                 progress=not args.no_progress,
+    device = select_device(args.device)
+    metrics = evaluate_segmenter(inference_model(model, device, args.eager), dataset, device=device,
+                                 workers=args.workers, progress=not args.no_progress,
                                  on_prediction=save if args.save_predictions else None)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.as_dict().items()}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_device_argument
+from .common import add_inference_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-thresh", type=float, default=0.3, help="keep detections above (default 0.3)")
     parser.add_argument("--output-dir", default="runs/det/predict")
     parser.add_argument("--no-overlay", action="store_true", help="only write predictions.jsonl")
-    add_device_argument(parser)
+    add_inference_arguments(parser)
 
 
 def _colour(label: int) -> tuple[int, int, int]:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mobiledense.datasets import read_image_rgb
 
-    from .common import list_images, select_device
+    from .common import inference_model, list_images, select_device
     from .eval_det import load_detector
 
     files = list_images(args.inputs)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         info = load_checkpoint(args.checkpoint)["run_info"]
         names = {int(k): str(v) for k, v in info.get("category_names", {}).items()}
     device = select_device(args.device)
-    model.to(device)
+    model = inference_model(model, device, args.eager)
     model.score_thresh = min(model.score_thresh, args.score_thresh)
     out = Path(args.output_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)

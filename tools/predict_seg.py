@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_device_argument
+from .common import add_inference_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before inference")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--output-dir", default="runs/seg/predict")
-    add_device_argument(parser)
+    add_inference_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import read_image_rgb
     from mobiledense.datasets.cityscapes_labels import colorize_train_ids, train_ids_to_label_ids
 
-    from .common import list_images, load_trained_model, select_device
+    from .common import inference_model, list_images, load_trained_model, select_device
 
     files = list_images(args.inputs)
     model, _ = load_trained_model(args.checkpoint, "seg")
     device = select_device(args.device)
-    model.to(device)
+    model = inference_model(model, device, args.eager)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0

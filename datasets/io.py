@@ -21,7 +21,9 @@ import numpy as np
 
 __all__ = ["read_image_rgb", "ImageReadError", "worker_init_fn"]
 
-_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# OpenCV >= 4.10 decodes straight to RGB (one pass less than BGR + cvtColor).
+_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_FLAGS = (cv2.IMREAD_COLOR if _RGB_FLAG is None else _RGB_FLAG) | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
 
 
@@ -37,6 +39,8 @@ def _jpeg_is_complete(buf: np.ndarray) -> bool:
     OpenCV builds decode such files to a grey-padded image instead of failing.
     """
     data = buf.tobytes()
+    if data.endswith(_JPEG_EOI):  # the usual case: EOI last, after every scan; no need to find the last one
+        return data.find(_JPEG_SOS) >= 0
     last_scan = data.rfind(_JPEG_SOS)
     return last_scan >= 0 and data.find(_JPEG_EOI, last_scan) >= 0
 
@@ -69,7 +73,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"cannot decode image (corrupt, truncated or unsupported format): {path}")
     if img.dtype != np.uint8:  # IMREAD_COLOR already yields 8 bit; keep the contract explicit
         img = cv2.convertScaleAbs(img, alpha=255.0 / np.iinfo(img.dtype).max)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def worker_init_fn(worker_id: int) -> None:

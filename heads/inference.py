@@ -152,14 +152,15 @@ class FusedConv2d(nn.Conv2d):
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
                 and not torch.jit.is_tracing() and not _compiling() and onednn_available()):
             return False
-        if self.kernel_size != (1, 1) or self.groups != 1:
+        if self.kernel_size != (1, 1):
             return True  # PyTorch would call oneDNN too, without the fused activation
         if torch.get_num_threads() > 1:  # PyTorch's native kernel only wins where PyTorch picks it itself
-            return not (x.shape[0] == 1 and self.stride == (1, 1) and x.numel() <= NATIVE_1X1_MAX_NUMEL)
+            return not (x.shape[0] == 1 and self.groups == 1 and self.stride == (1, 1)
+                        and x.numel() <= NATIVE_1X1_MAX_NUMEL)
         # Single-threaded 1x1: PyTorch's own GEMM path wins below a few million multiply-adds
         # (oneDNN costs ~30 us per call); above, oneDNN is faster.
         macs = x.shape[0] * x.shape[2] * x.shape[3] * self.in_channels * self.out_channels
-        return macs // (self.stride[0] * self.stride[1]) >= ONEDNN_1X1_MIN_MACS
+        return macs // (self.stride[0] * self.stride[1] * self.groups) >= ONEDNN_1X1_MIN_MACS
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:

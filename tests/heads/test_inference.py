@@ -165,6 +165,7 @@ def threads(request):  # noqa: ANN001, ANN201
     (1, 80, 96, 1, 1, 20, None),  # batch 1, above PyTorch's native cut-off: oneDNN on 2 threads
     (2, 32, 32, 3, 32, 10, nn.ReLU6()),  # depthwise
     (2, 16, 24, 3, 1, 9, nn.Hardsigmoid()),
+    (1, 24, 48, 1, 3, 8, nn.ReLU()),  # grouped 1x1 (ShuffleNetV1)
 ])
 def test_fused_conv_paths_agree(n: int, cin: int, cout: int, k: int, groups: int, hw: int, act: nn.Module | None,
                                 threads: int) -> None:
@@ -179,9 +180,9 @@ def test_fused_conv_paths_agree(n: int, cin: int, cout: int, k: int, groups: int
     if k != 1:
         assert uses_onednn
     elif threads == 1:
-        assert uses_onednn == (n * hw * hw * cin * cout >= ONEDNN_1X1_MIN_MACS)
+        assert uses_onednn == (n * hw * hw * cin * cout // groups >= ONEDNN_1X1_MIN_MACS)
     else:
-        assert uses_onednn == (n > 1 or x.numel() > NATIVE_1X1_MAX_NUMEL)
+        assert uses_onednn == (n > 1 or groups > 1 or x.numel() > NATIVE_1X1_MAX_NUMEL)
     assert bool(fused._packed) == uses_onednn  # oneDNN calls use prepacked weights
     # Autograd falls back to the plain path: gradients flow.
     xg = x.clone().requires_grad_(True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["BenchConfig", "Timing", "Row", "SECTIONS", "time_interleaved", "machine_info", "run_sections",
-           "calibrate_", "compare_detections"]
+           "calibrate_", "compare_detections", "compile_detector_"]
 
 
 # --------------------------------------------------------------------------- timing and rows
@@ -473,6 +473,18 @@ def _our_recipe(cfg: BenchConfig, cuda: bool) -> str:
     return "fp32, channels_last" if not cuda else "fp16 autocast, channels_last" + (", compile" if cfg.compile else "")
 
 
+def compile_detector_(model: nn.Module) -> nn.Module:
+    """``torch.compile`` an SSDLite's networks in place: backbone, head and each extra block.
+
+    The extra blocks are compiled one by one: the detector iterates over ``model.extra``,
+    which a compiled ``ModuleList`` would no longer allow.
+    """
+    model.backbone, model.head = torch.compile(model.backbone), torch.compile(model.head)
+    for i, block in enumerate(model.extra):
+        model.extra[i] = torch.compile(block)
+    return model
+
+
 def _train_det(cfg: BenchConfig, device: str) -> Row:
     from mobiledense.heads import from_torchvision_ssdlite, ssdlite320_mobilenet_v3_large
 
@@ -487,8 +499,7 @@ def _train_det(cfg: BenchConfig, device: str) -> Row:
     check = _loss_check({k: v.item() for k, v in ref_l.items()}, {k: v.item() for k, v in our_l.items()})
     ours = ours.to(memory_format=torch.channels_last)
     if cfg.compile and cuda:
-        for name in ("backbone", "extra", "head"):
-            setattr(ours, name, torch.compile(getattr(ours, name)))
+        compile_detector_(ours)
     opt_t, opt_o = (torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9, weight_decay=4e-5) for m in (tv, ours))
     scaler = torch.amp.GradScaler("cuda") if cuda else None
 

@@ -113,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     from .benchmark import BenchConfig, machine_info, run_sections
 
+    bad = [f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}"
+           for name, low in (("repeats", 1), ("warmup", 0), ("batch", 1), ("seg_batch", 1), ("eval_images", 1),
+                             ("eval_dets", 1), ("threads", 1))
+           if getattr(args, name) is not None and getattr(args, name) < low]
+    if bad:
+        raise ValueError("; ".join(bad))
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

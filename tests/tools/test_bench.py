@@ -112,3 +112,10 @@ def test_synthetic_coco_is_valid_and_has_true_positives() -> None:
     stats = evaluate_coco(gt, dets, backend="pycocotools").stats
     assert 0.05 < stats[1] < 0.95  # AP50: some true and some false positives
     assert np.allclose(evaluate_coco(gt, dets, backend="faster_coco_eval").stats, stats, atol=1e-12)
+
+
+def test_invalid_options_are_named(capsys) -> None:
+    assert main(["bench", "--smoke", "--batch", "0", "--repeats", "0", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--repeats must be >= 1, got 0" in err and "--batch must be >= 1, got 0" in err
+    assert "--threads must be >= 1, got 0" in err

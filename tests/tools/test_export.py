@@ -94,3 +94,11 @@ def test_export_cli_from_a_training_checkpoint(tmp_path, capsys) -> None:
     torch.save({"model": model.state_dict()}, ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(out)]) == 2
     assert "no run_info" in capsys.readouterr().err
+
+
+def test_export_cli_names_invalid_options(tmp_path, capsys) -> None:
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "lraspp_mobilenet_v3_small", "--output", str(out), "--opset", "9",
+                 "--atol", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--opset must be >= 11, got 9" in err and "--atol must be >= 0, got -1.0" in err and not out.exists()

@@ -236,11 +236,11 @@ def _median_ms(fn: Any, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    bad = [msg for ok, msg in ((args.opset >= 11, f"--opset must be >= 11, got {args.opset}"),
-                               (args.atol >= 0, f"--atol must be >= 0, got {args.atol}"),
-                               (args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
-                               (min(args.check_size) >= 32, f"--check-size must be >= 32 x 32, got {args.check_size}"))
-           if not ok]
+    checks = ((args.opset >= 11, f"--opset must be >= 11, got {args.opset}"),
+              (args.atol >= 0, f"--atol must be >= 0, got {args.atol}"),
+              (args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
+              (min(args.check_size) >= 32, f"--check-size must be >= 32 x 32, got {args.check_size}"))
+    bad = [msg for ok, msg in checks if not ok]
     if bad:
         raise ValueError("; ".join(bad))
     if args.threads:

@@ -56,12 +56,13 @@ def _detections(out: Path) -> list[dict[str, torch.Tensor]]:
 def test_predict_det_fast_path_equals_eager(data, det_checkpoint, tmp_path: Path) -> None:
     images = data["val"][0]
     for flag in ([], ["--eager"]):
+        out = tmp_path / ("eager" if flag else "fast")
         assert main(["predict", "det", str(images), "--checkpoint", str(det_checkpoint), "--score-thresh", "0.05",
-                     "--device", "cpu", "--no-overlay", "--output-dir", str(tmp_path / (flag[0][2:] if flag else "fast"))
-                     ]) == 0
+                     "--device", "cpu", "--no-overlay", "--output-dir", str(out), *flag]) == 0
     fast, eager = _detections(tmp_path / "fast"), _detections(tmp_path / "eager")
-    check = compare_detections(eager, fast, score_atol=2e-5, box_atol=0.02)  # the JSON rounds to 1e-5 / 1e-2
-    assert check["passed"] and check["detections"] > 10, check
+    # Float rounding of the folded weights (~1e-5 in scores) plus the JSON rounding (1e-5 / 1e-2 px).
+    check = compare_detections(eager, fast, score_atol=1e-4, box_atol=0.05)
+    assert check["passed"] and check["detections"] > 10 and check["max_score_diff"] > 0, check
 
 
 def test_eval_det_fast_path_gives_the_same_metrics(data, det_checkpoint, tmp_path: Path) -> None:

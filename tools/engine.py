@@ -29,6 +29,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,32 @@ def _is_worker_crash(e: BaseException, workers: int) -> bool:
     if isinstance(e, RuntimeError):
         return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed by signal" in str(e))
     return workers > 0 and isinstance(e, (ConnectionError, EOFError))
+
+
+_TORCH_SIGNAL_MODULE = "torch.utils.data._utils.signal_handling"  # where torch's SIGCHLD handler lives
+
+
+def _iter_without_async_worker_errors(loader: DataLoader | Iterator[Any]) -> Iterator[Any]:
+    """``iter(loader)``, with the SIGCHLD handler torch installs for it taken back out.
+
+    The first multi-worker iterator of a process installs a SIGCHLD handler that raises
+    "DataLoader worker ... exited unexpectedly" wherever the main thread is when a worker
+    dies: inside an optimiser step (half the parameters updated), a checkpoint write, a
+    progress-bar update. The engine can only recover at a batch boundary, so the previous
+    handler is put back; the loader still notices the death itself, while it waits for
+    that worker's batch (within ``MP_STATUS_CHECK_INTERVAL``, 5 s), and raises the same
+    error from ``next()``, where :meth:`Trainer._batches` handles it.
+    """
+    if (getattr(loader, "num_workers", 0) == 0 or not hasattr(signal, "SIGCHLD")
+            or threading.current_thread() is not threading.main_thread()):
+        return iter(loader)
+    before = signal.getsignal(signal.SIGCHLD)
+    if getattr(before, "__module__", "") == _TORCH_SIGNAL_MODULE:  # installed by an earlier loader
+        before = signal.SIG_DFL
+    iterator = iter(loader)
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if before is None else before)
+    return iterator
 
 
 def _crash_summary(e: BaseException) -> str:
@@ -606,7 +634,7 @@ class Trainer:
         """
         while True:
             try:
-                yield from self._loader()
+                yield from _iter_without_async_worker_errors(self._loader())
                 return
             except _LOADER_ERRORS as e:
                 if not _is_worker_crash(e, self.cfg.workers):

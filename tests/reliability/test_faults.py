@@ -149,6 +149,21 @@ def test_a_broken_worker_channel_is_a_worker_crash(tmp_path: Path, monkeypatch) 
         t.fit()
 
 
+def test_torch_sigchld_handler_is_taken_back_out() -> None:
+    """torch's handler raises a dead worker's error wherever the main thread is (mid optimiser
+    step); the engine's loaders leave the process without it, so the error comes from ``next()``."""
+    import signal
+
+    from torch.utils.data import DataLoader
+
+    from mobiledense.tools.engine import _iter_without_async_worker_errors
+
+    batches = list(_iter_without_async_worker_errors(DataLoader(list(range(8)), batch_size=2, num_workers=2)))
+    assert [b.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    handler = signal.getsignal(signal.SIGCHLD)
+    assert getattr(handler, "__module__", "") != "torch.utils.data._utils.signal_handling", handler
+
+
 def test_bad_samples_in_workers_are_skipped_and_counted(tmp_path: Path) -> None:
     """The worker logs each skip (to its stderr); the main process counts them from the batches."""
     t = _trainer(tmp_path, Regression(bad={3, 17}))

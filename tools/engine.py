@@ -146,7 +146,8 @@ class TrainingAborted(RuntimeError):
 #: What iterating a multi-process DataLoader raises when a worker died: the loader's own
 #: RuntimeError, or, when the worker died while handing a batch's shared-memory handle to
 #: the main process (before the loader noticed it was gone), the socket's error.
-_LOADER_ERRORS = (RuntimeError, ConnectionError, EOFError)
+_CHANNEL_ERRORS = (ConnectionError, EOFError)
+_LOADER_ERRORS = (RuntimeError, *_CHANNEL_ERRORS)
 
 
 def _is_worker_crash(e: BaseException, workers: int) -> bool:
@@ -158,7 +159,7 @@ def _is_worker_crash(e: BaseException, workers: int) -> bool:
     """
     if isinstance(e, RuntimeError):
         return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed by signal" in str(e))
-    return workers > 0 and isinstance(e, (ConnectionError, EOFError))
+    return workers > 0 and isinstance(e, _CHANNEL_ERRORS)
 
 
 _TORCH_SIGNAL_MODULE = "torch.utils.data._utils.signal_handling"  # where torch's SIGCHLD handler lives

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -225,16 +223,6 @@ def _load_model(args: argparse.Namespace) -> nn.Module:
     raise ValueError(f"--model {args.model!r}: expected a detector (ssdlite...) or a segmenter (lraspp_<backbone>)")
 
 
-def _median_ms(fn: Any, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> int:
     checks = ((args.opset >= 11, f"--opset must be >= 11, got {args.opset}"),
               (args.atol >= 0, f"--atol must be >= 0, got {args.atol}"),
@@ -266,8 +254,11 @@ def run(args: argparse.Namespace) -> int:
         x = torch.rand(1, 3, *args.check_size)
         runner = OnnxDetector(path, threads) if _is_detector(model) else ort_session(path, threads)
         onnx_fn = (lambda: runner(x)) if _is_detector(model) else (lambda: runner.run(None, {"images": x.numpy()}))
+        from .benchmark import time_interleaved
+
         with torch.inference_mode():
-            t_onnx, t_torch = _median_ms(onnx_fn, args.repeats), _median_ms(lambda: model(x), args.repeats)
+            t = time_interleaved({"onnx": onnx_fn, "torch": lambda: model(x)}, args.repeats, warmup=1)
+            t_onnx, t_torch = 1e3 * t["onnx"].median, 1e3 * t["torch"].median
         print(f"latency batch 1 at {args.check_size[0]}x{args.check_size[1]}, {threads} thread(s): "
               f"onnxruntime {t_onnx:.1f} ms, PyTorch eager {t_torch:.1f} ms (x{t_torch / t_onnx:.2f})")
     if not ok:

@@ -5,7 +5,6 @@ Subprocesses run with the ``env`` fixture of ``tests/conftest.py`` (one intra-op
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -60,8 +60,8 @@ def test_predict_det_fast_path_equals_eager(data, det_checkpoint, tmp_path: Path
         assert main(["predict", "det", str(images), "--checkpoint", str(det_checkpoint), "--score-thresh", "0.05",
                      "--device", "cpu", "--no-overlay", "--output-dir", str(out), *flag]) == 0
     fast, eager = _detections(tmp_path / "fast"), _detections(tmp_path / "eager")
-    # Float rounding of the folded weights (~1e-5 in scores) plus the JSON rounding (1e-5 / 1e-2 px).
-    check = compare_detections(eager, fast, score_atol=1e-4, box_atol=0.05)
+    # Float rounding of the folded weights (~1e-5 in scores; up to ~1.2e-4 seen on AMD EPYC kernels) plus the JSON rounding (1e-5 / 1e-2 px).
+    check = compare_detections(eager, fast, score_atol=5e-4, box_atol=0.05)
     assert check["passed"] and check["detections"] > 10 and check["max_score_diff"] > 0, check
 
 

@@ -14,12 +14,15 @@ returned as 8-bit RGB:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["read_image_rgb", "ImageReadError", "worker_init_fn"]
+__all__ = ["read_image_rgb", "ImageReadError", "materialize_once", "worker_init_fn"]
 
 # OpenCV >= 4.10 decodes straight to RGB (one pass less than BGR + cvtColor).
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -86,3 +89,27 @@ def worker_init_fn(worker_id: int) -> None:
     """
     del worker_id
     cv2.setNumThreads(0)
+
+
+def materialize_once(root: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Create the folder ``root`` with ``write(tmp_dir)`` exactly once, atomically.
+
+    Each caller writes into its own temporary sibling, then renames it to
+    ``root``; when several processes race (DDP ranks), one rename wins and the
+    others discard their copy, so nobody ever reads a half-written dataset.
+    """
+    root = Path(root)
+    if root.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write(tmp)
+        os.rename(tmp, root)
+    except OSError:
+        if not root.exists():
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

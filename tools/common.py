@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .engine import TrainConfig, load_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -124,29 +125,23 @@ def inference_model(model: nn.Module, device: torch.device, eager: bool = False)
     return optimize_for_inference(model)
 
 
-def materialize_once(root: Path, write: Any) -> Path:
-    """Create the folder ``root`` with ``write(tmp_dir)`` exactly once, atomically.
+def cli_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """Return ``cfg`` with the non-None entries of ``values`` (CLI flags) applied."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k in names and v is not None})
 
-    Each caller writes into its own temporary sibling, then renames it to
-    ``root``; when several processes race (DDP ranks), one rename wins and the
-    others discard their copy, so nobody ever reads a half-written dataset.
-    """
-    import os
-    import shutil
-    import tempfile
 
-    root = Path(root)
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        write(tmp)
-        os.rename(tmp, root)
-    except OSError:
-        if not root.exists():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+def add_train_config_arguments(parser: Any, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per TrainConfig field (default None: the preset decides)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(preset default: see --preset) {f.name}")
+        else:
+            typ = {"int": int, "float": float, "str": str, "float | None": float}.get(str(f.type), str)
+            if typ is str and f.type != "str":
+                raise TypeError(f"no CLI type for TrainConfig.{f.name}: {f.type}")
+            parser.add_argument(flag, dest=f.name, type=typ, default=None, help=f.name.replace("_", " "))

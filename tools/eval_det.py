@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import CocoDetection
 
     from .common import inference_model, select_device
-    from .evaluate import evaluate_detector
-    from .reports import plot_per_class_bars, plot_pr_curves
+    from .evaluation import evaluate_detector
+    from .evaluation.reports import plot_per_class_bars, plot_pr_curves
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, mapping = load_detector(args)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .coco_eval import write_coco_results
+    from .evaluation.coco import write_coco_results
 
     write_coco_results(detections, out / "results.json")
     result.to_json(out / "metrics.json")

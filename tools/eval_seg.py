@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.seg_transforms import build_seg_transforms
 
     from .common import inference_model, load_trained_model, select_device
-    from .evaluate import evaluate_segmenter
-    from .reports import plot_confusion_matrix, plot_per_class_bars
+    from .evaluation import evaluate_segmenter
+    from .evaluation.reports import plot_confusion_matrix, plot_per_class_bars
 
     model, info = load_trained_model(args.checkpoint, "seg", prefer_ema=not args.no_ema)
     tf = build_seg_transforms(False, base_size=tuple(args.base_size) if args.base_size else None,

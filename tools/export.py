@@ -5,22 +5,8 @@ Examples::
     mobiledense export --model lraspp_mobilenet_v3_large --num-classes 19 --output lraspp.onnx
     mobiledense export --checkpoint runs/det/checkpoints/last.pt --output ssdlite.onnx
 
-What the graphs compute (``torch.onnx.export(dynamo=False)``, opset 17, batch/height/width
-dynamic; BatchNorm folded first by ``optimize_for_inference``, which ONNX Runtime would do too):
-
-* **Segmenter**: ``images`` (N, 3, H, W) float RGB in [0, 1] -> ``logits`` (N, C, H, W),
-  normalisation and final upsampling included: ``model(images)``.
-* **Detector**: ``images`` (N, 3, H, W) float RGB in [0, 1], any size -> resize to the
-  model size, normalise, backbone and head, softmax (sigmoid for focal-loss models), box
-  decoding and clipping: ``boxes`` (N, A, 4) xyxy in model-input pixels and ``scores``
-  (N, A, C - 1) for labels 1..C-1 (:meth:`SSDLite.dense_predictions`). The per-class
-  top-k and NMS are **not** in the graph: :class:`OnnxDetector` runs them after it with
-  the same function the PyTorch model uses (``select_detections``), so both give the
-  same detections; its thresholds are stored in the ONNX metadata. (ONNX's
-  ``NonMaxSuppression`` has no per-class pre-NMS top-k, so torchvision's semantics cannot
-  be reproduced in the graph exactly.)
-
-After export the graph is run with onnxruntime on a batch of another size than the traced
+The graphs are described in :mod:`mobiledense.tools.deploy.onnx`. After export the graph is
+run with onnxruntime on a batch of another size than the traced
 one and compared with PyTorch; the largest differences are printed (and checked against
 ``--atol``), then the onnxruntime and PyTorch latencies.
 """
@@ -28,165 +14,13 @@ one and compared with PyTorch; the largest differences are printed (and checked 
 from __future__ import annotations
 
 import argparse
-import json
-import warnings
-from pathlib import Path
-from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["DetectorGraph", "OnnxDetector", "export_onnx", "ort_session", "compare_with_pytorch",
-           "add_arguments", "run"]
+from .deploy import OnnxDetector, compare_with_pytorch, export_onnx, is_detector, ort_session
 
-_POSTPROCESS_KEYS = ("score_thresh", "topk_candidates", "nms_thresh", "detections_per_img")
-
-
-def _is_detector(model: nn.Module) -> bool:
-    return hasattr(model, "dense_predictions") and hasattr(model, "size")
-
-
-class DetectorGraph(nn.Module):
-    """The exportable part of an SSDLite: images in [0, 1] -> (boxes, scores) before NMS."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.model
-        # Resize first: normalising commutes with bilinear resizing and costs less at the model size.
-        batch = F.interpolate(images, size=m.size, mode="bilinear", align_corners=False)
-        return m.dense_predictions((batch - m.image_mean[:, None, None]) / m.image_std[:, None, None])
-
-
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bool = True,
-                sample_size: tuple[int, int] | None = None) -> Path:
-    """Export a detector or segmenter (eval mode) to ``path``; returns the path.
-
-    Args:
-        model: an :class:`~mobiledense.heads.SSDLite` or a segmenter (``model(x) -> logits``).
-        opset: ONNX opset (>= 11).
-        fold: fold BatchNorm into the convolutions first (same outputs, smaller graph).
-        sample_size: (H, W) of the tracing input; any other size works at run time. Default:
-            a size unlike the detector's own (so its resize is kept) / 128x160 for segmenters.
-    """
-    from mobiledense.heads.inference import optimize_for_inference
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    net = optimize_for_inference(model, channels_last=False) if fold else model
-    detector = _is_detector(model)
-    if detector:
-        h, w = model.size
-        size = sample_size or (h + 32, w + 64)
-        graph: nn.Module = DetectorGraph(net).eval()
-        outputs, axes = ["boxes", "scores"], {"boxes": {0: "batch"}, "scores": {0: "batch"}}
-    else:
-        size = sample_size or (128, 160)
-        graph, outputs = net, ["logits"]
-        axes = {"logits": {0: "batch", 2: "height", 3: "width"}}
-    device = next(model.parameters()).device
-    x = torch.rand(2, 3, *size, device=device)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about shape-derived Python constants
-        torch.onnx.export(graph, (x,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=outputs, dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                                              **axes})
-    import onnx
-
-    proto = onnx.load(str(path))
-    meta = {"mobiledense_task": "det" if detector else "seg",
-            "num_classes": str(getattr(model, "num_classes", ""))}
-    if detector:
-        meta.update({k: json.dumps(getattr(model, k)) for k in _POSTPROCESS_KEYS})
-        meta["size"] = json.dumps(list(model.size))
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path
-
-
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with all graph optimisations and ``threads`` intra-op threads."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ImportError("onnxruntime is not installed: pip install onnxruntime") from e
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-class OnnxDetector:
-    """An exported detector with its post-processing: ``OnnxDetector(path)(images) -> detections``.
-
-    ``images``: an (N, 3, H, W) float tensor in [0, 1] (any size) or a list of (3, H, W)
-    images (each run at its own size). Returns what ``SSDLite`` returns in eval mode:
-    per image ``{"boxes" (M, 4) xyxy in input pixels, "scores", "labels"}``.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        self.session = ort_session(path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("mobiledense_task") != "det":
-            raise ValueError(f"{path} is not a detector exported by mobiledense export (no detector metadata)")
-        for key in _POSTPROCESS_KEYS:
-            setattr(self, key, json.loads(meta[key]))
-        self.size = tuple(json.loads(meta["size"]))
-
-    def raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """The graph's (boxes, scores) for an (N, 3, H, W) batch."""
-        boxes, scores = self.session.run(None, {"images": images.detach().cpu().float().numpy()})
-        return torch.from_numpy(boxes), torch.from_numpy(scores)
-
-    def __call__(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        from mobiledense.heads import select_detections
-
-        batches = [images] if isinstance(images, Tensor) else [im[None] for im in images]
-        results = []
-        for batch in batches:
-            boxes, scores = self.raw(batch)
-            h, w = self.size
-            scale = torch.tensor([batch.shape[-1] / w, batch.shape[-2] / h] * 2)
-            for b, s in zip(boxes, scores):
-                det = select_detections(b, s, self.score_thresh, self.topk_candidates, self.nms_thresh,
-                                        self.detections_per_img)
-                det["boxes"] = det["boxes"] * scale
-                results.append(det)
-        return results
-
-
-def compare_with_pytorch(model: nn.Module, path: str | Path, images: Tensor, threads: int | None = None
-                         ) -> dict[str, float]:
-    """Largest |onnxruntime - PyTorch| of every graph output on ``images`` (plus detection counts)."""
-    model = model.eval()
-    with torch.no_grad():
-        if _is_detector(model):
-            expected = DetectorGraph(model)(images)
-            onnx_det = OnnxDetector(path, threads)
-            got = onnx_det.raw(images)
-            diffs = {"boxes": (got[0] - expected[0]).abs().max().item(),
-                     "scores": (got[1] - expected[1]).abs().max().item()}
-            from .benchmark import compare_detections
-
-            ref, out = model(images), onnx_det(images)
-            diffs["detections_pytorch"] = float(sum(len(d["scores"]) for d in ref))
-            diffs["detections_onnx"] = float(sum(len(d["scores"]) for d in out))
-            diffs["same_detections"] = float(compare_detections(ref, out)["passed"])
-            return diffs
-        expected = model(images)
-        got = torch.from_numpy(ort_session(path, threads).run(None, {"images": images.cpu().numpy()})[0])
-        return {"logits": (got - expected).abs().max().item(), "logits_scale": expected.abs().max().item()}
-
-
-# --------------------------------------------------------------------------- CLI
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -252,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     ok = all(diffs[k] <= args.atol for k in keys)
     if args.repeats > 0:
         x = torch.rand(1, 3, *args.check_size)
-        runner = OnnxDetector(path, threads) if _is_detector(model) else ort_session(path, threads)
-        onnx_fn = (lambda: runner(x)) if _is_detector(model) else (lambda: runner.run(None, {"images": x.numpy()}))
-        from .benchmark import time_interleaved
+        runner = OnnxDetector(path, threads) if is_detector(model) else ort_session(path, threads)
+        onnx_fn = (lambda: runner(x)) if is_detector(model) else (lambda: runner.run(None, {"images": x.numpy()}))
+        from .benchmark.timing import time_interleaved
 
         with torch.inference_mode():
             t = time_interleaved({"onnx": onnx_fn, "torch": lambda: model(x)}, args.repeats, warmup=1)

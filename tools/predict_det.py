@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model, mapping = load_detector(args)
     names: dict[int, str] = {}
     if args.checkpoint:
-        from .checkpoint import load_checkpoint
+        from .engine import load_checkpoint
 
         info = load_checkpoint(args.checkpoint)["run_info"]
         names = {int(k): str(v) for k, v in info.get("category_names", {}).items()}

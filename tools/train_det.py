@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .engine import TrainConfig, add_train_config_arguments, cli_overrides
+from .common import add_train_config_arguments, cli_overrides
+from .engine import TrainConfig
 
 log = logging.getLogger("mobiledense.train")
 
@@ -70,7 +71,7 @@ def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path,
     if args.train_ann is None:
         if args.train_images or args.val_ann or args.val_images:
             raise SystemExit("error: --train-images/--val-ann/--val-images need --train-ann")
-        from .common import materialize_once
+        from mobiledense.datasets.io import materialize_once
 
         root = out / "synthetic"
         n_synth = args.synthetic_images or preset.get("synthetic_images", 600)
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.heads import create_detector, get_detector_factory
 
     from .engine import Trainer, configure_logging, is_main_process, seed_everything
-    from .evaluate import evaluate_detector
+    from .evaluation import evaluate_detector
 
     configure_logging()
     preset = PRESETS[args.preset]

@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .engine import TrainConfig, add_train_config_arguments, cli_overrides
+from .common import add_train_config_arguments, cli_overrides
+from .engine import TrainConfig
 
 log = logging.getLogger("mobiledense.train")
 
@@ -78,7 +79,7 @@ def _datasets(args: argparse.Namespace, preset: dict[str, Any], out: Path) -> tu
     if root is None:
         from mobiledense.datasets.synthetic_seg import make_synthetic_cityscapes
 
-        from .common import materialize_once
+        from mobiledense.datasets.io import materialize_once
 
         root = out / "synthetic"
         if not root.exists():
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.heads.seg_losses import build_seg_loss
 
     from .engine import Trainer, configure_logging, is_main_process, seed_everything
-    from .evaluate import evaluate_segmenter
+    from .evaluation import evaluate_segmenter
 
     configure_logging()
     preset = PRESETS[args.preset]

@@ -54,7 +54,7 @@ def det_run_info(num_classes: int = 7) -> dict:
 def det_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init detector checkpoint in ``train det``'s format (6 classes + background)."""
     from mobiledense.heads import create_detector
-    from mobiledense.tools.checkpoint import save_atomic
+    from mobiledense.tools.engine import save_atomic
 
     info = det_run_info()
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def det_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init LR-ASPP MobileNetV3-Small checkpoint in ``train seg``'s format."""
     from mobiledense.heads.lraspp import create_segmenter
-    from mobiledense.tools.checkpoint import save_atomic
+    from mobiledense.tools.engine import save_atomic
 
     torch.manual_seed(0)
     model = create_segmenter("mobilenet_v3_small", 19, pool="global")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiledense.tools.checkpoint import load_checkpoint, save_atomic
+from mobiledense.tools.engine import load_checkpoint, save_atomic
 from mobiledense.tools.cli import main
 
 

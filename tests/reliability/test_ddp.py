@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mobiledense.tools.checkpoint import CheckpointManager, load_checkpoint
+from mobiledense.tools.engine import CheckpointManager, load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]

@@ -156,9 +156,9 @@ def test_torch_sigchld_handler_is_taken_back_out() -> None:
 
     from torch.utils.data import DataLoader
 
-    from mobiledense.tools.engine import _iter_without_async_worker_errors
+    from mobiledense.tools.engine.data import iter_without_async_worker_errors
 
-    batches = list(_iter_without_async_worker_errors(DataLoader(list(range(8)), batch_size=2, num_workers=2)))
+    batches = list(iter_without_async_worker_errors(DataLoader(list(range(8)), batch_size=2, num_workers=2)))
     assert [b.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     handler = signal.getsignal(signal.SIGCHLD)
     assert getattr(handler, "__module__", "") != "torch.utils.data._utils.signal_handling", handler

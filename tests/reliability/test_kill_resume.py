@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiledense.tools.checkpoint import CheckpointManager, load_checkpoint
+from mobiledense.tools.engine import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tiny_coco, tmp_pa
 
 _WRITER = textwrap.dedent("""
     import sys, torch
-    from mobiledense.tools.checkpoint import save_atomic
+    from mobiledense.tools.engine import save_atomic
     path, n = sys.argv[1], 0
     save_atomic({"version": torch.tensor(0), "w": torch.zeros(4_000_000)}, path)
     print("ready", flush=True)

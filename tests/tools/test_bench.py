@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobiledense.tools import benchmark
+from mobiledense.tools.benchmark import pipeline as benchmark_pipeline
 from mobiledense.tools.bench import SECTION_NAMES
 from mobiledense.tools.benchmark import compare_detections, synthetic_coco, time_interleaved
 from mobiledense.tools.cli import main
@@ -65,8 +65,8 @@ def test_missing_coco_images_skip_the_data_section(tmp_path) -> None:
 
 
 def test_a_failed_check_fails_the_run(tmp_path, monkeypatch, capsys) -> None:
-    real = benchmark._pycocotools_reference
-    monkeypatch.setattr(benchmark, "_pycocotools_reference", lambda gt, dets: real(gt, dets) + 1e-3)
+    real = benchmark_pipeline._pycocotools_reference
+    monkeypatch.setattr(benchmark_pipeline, "_pycocotools_reference", lambda gt, dets: real(gt, dets) + 1e-3)
     out = tmp_path / "b.json"
     assert main(["bench", "--smoke", "--only", "eval", "--json", str(out)]) == 1
     assert "outputs differ from the reference in: eval" in capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_time_interleaved_rotates_and_counts() -> None:
 
 
 def test_synthetic_coco_is_valid_and_has_true_positives() -> None:
-    from mobiledense.tools.coco_eval import evaluate_coco
+    from mobiledense.tools.evaluation.coco import evaluate_coco
 
     gt, dets = synthetic_coco(40, 10)
     assert len(gt["images"]) == 40 and len(dets) == 400 and len(gt["categories"]) == 80

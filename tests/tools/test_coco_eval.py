@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobiledense.tools.coco_eval import (
+from mobiledense.tools.evaluation.coco import (
     BACKEND_ATOL,
     STAT_NAMES,
     detections_to_coco_results,

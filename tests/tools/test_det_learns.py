@@ -18,9 +18,9 @@ from torch.utils.data import Subset
 
 from mobiledense.datasets import CocoDetection, build_det_transforms, collate_detection
 from mobiledense.heads import create_detector
-from mobiledense.tools.coco_eval import evaluate_coco
+from mobiledense.tools.evaluation.coco import evaluate_coco
 from mobiledense.tools.engine import TrainConfig, Trainer
-from mobiledense.tools.evaluate import predict_detections
+from mobiledense.tools.evaluation import predict_detections
 
 
 @pytest.mark.slow

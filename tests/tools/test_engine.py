@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mobiledense.tools.checkpoint import CheckpointManager, load_checkpoint, save_atomic
+from mobiledense.tools.engine import CheckpointManager, load_checkpoint, save_atomic
 from mobiledense.tools.engine import ResumableSampler, TrainConfig, Trainer
 
 

@@ -13,7 +13,7 @@ from mobiledense.tools.cli import main
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from mobiledense.tools.export import OnnxDetector, compare_with_pytorch, export_onnx, ort_session  # noqa: E402
+from mobiledense.tools.deploy import OnnxDetector, compare_with_pytorch, export_onnx, ort_session  # noqa: E402
 
 
 @pytest.fixture(scope="module")

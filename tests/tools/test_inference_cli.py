@@ -19,7 +19,7 @@ from mobiledense.datasets import make_synthetic_coco
 from mobiledense.heads import create_detector
 from mobiledense.heads.lraspp import create_segmenter
 from mobiledense.tools.benchmark import calibrate_, compare_detections
-from mobiledense.tools.checkpoint import save_atomic
+from mobiledense.tools.engine import save_atomic
 from mobiledense.tools.cli import main
 from mobiledense.tools.common import inference_model
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mobiledense.datasets.cityscapes_labels import CLASS_NAMES
-from mobiledense.tools.coco_eval import evaluate_coco
-from mobiledense.tools.reports import plot_confusion_matrix, plot_per_class_bars, plot_pr_curves, pr_curves
+from mobiledense.tools.evaluation.coco import evaluate_coco
+from mobiledense.tools.evaluation.reports import plot_confusion_matrix, plot_per_class_bars, plot_pr_curves, pr_curves
 
 
 def _read_png(path: Path, min_h: int, min_w: int) -> np.ndarray:

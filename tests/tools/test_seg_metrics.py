@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mobiledense.datasets.cityscapes_labels import CATEGORIES, CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, LABELS
-from mobiledense.tools.seg_metrics import SegConfusion, evaluate_label_pngs, metrics_from_confusion
+from mobiledense.tools.evaluation.cityscapes import SegConfusion, evaluate_label_pngs, metrics_from_confusion
 
 EVAL_IDS = [lab.id for lab in LABELS if not lab.ignore_in_eval]
 BUS = 28  # absent from the chosen frames and never predicted: its IoU must be NaN

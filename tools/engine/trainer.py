@@ -24,331 +24,32 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
-import math
 import os
-import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointManager, load_checkpoint
+from .data import (LOADER_ERRORS, ResumableSampler, SeededDataset, crash_summary, is_worker_crash,
+                   iter_without_async_worker_errors, mix_seed, skip_none_collate, worker_init)
+from .distributed import init_distributed, is_main_process
+from .recipe import TrainConfig
 
-__all__ = [
-    "TrainConfig",
-    "Trainer",
-    "TrainingAborted",
-    "ResumableSampler",
-    "SeededDataset",
-    "init_distributed",
-    "is_main_process",
-    "seed_everything",
-]
+__all__ = ["Trainer", "TrainingAborted"]
 
 log = logging.getLogger("mobiledense.train")
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation recipe; every field is saved beside the checkpoints."""
-
-    epochs: int = 660
-    batch_size: int = 24
-    lr: float = 0.15
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
-    poly_power: float = 0.9
-    min_lr: float = 0.0
-    warmup_iters: int = 1000
-    warmup_factor: float = 1e-3
-    amp: bool = True  # only takes effect on CUDA
-    channels_last: bool = True  # NHWC activations: ~1.3x faster CPU training steps (mobiledense bench --only train)
-    ema: bool = False
-    ema_decay: float = 0.9998
-    clip_grad_norm: float | None = None
-    #: Override every BatchNorm's momentum (None keeps the model's). Short runs want ~0.1:
-    #: with MobileNetV3's 0.01 the running statistics lag far behind the weights.
-    bn_momentum: float | None = None
-    workers: int = 4
-    seed: int = 0
-    deterministic: bool = False
-    eval_every: int = 1  # epochs; 0 = never
-    ckpt_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
-    keep_checkpoints: int = 3
-    max_nonfinite: int = 10
-    max_bad_samples: int = 100
-    max_worker_restarts: int = 3  # DataLoader worker deaths survived per run (loader rebuilt)
-    max_steps_per_epoch: int = 0  # 0 = full epoch (for smoke runs)
-    log_every: int = 20
-    tensorboard: bool = False
-
-    def validate(self) -> None:
-        """Raise ValueError naming each invalid field and what is allowed."""
-        errors = []
-        positive = ("epochs", "batch_size", "lr", "keep_checkpoints", "max_nonfinite")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "momentum", "warmup_iters", "workers", "eval_every",
-                     "ckpt_every_steps", "max_steps_per_epoch", "max_bad_samples", "min_lr",
-                     "max_worker_restarts"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.optimizer not in ("sgd", "adamw"):
-            errors.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "poly", "constant"):
-            errors.append(f"schedule must be 'cosine', 'poly' or 'constant', got {self.schedule!r}")
-        if not 0 < self.warmup_factor <= 1:
-            errors.append(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        if not 0 < self.ema_decay < 1:
-            errors.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
-            errors.append(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            errors.append(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
-        if errors:
-            raise ValueError("invalid training config: " + "; ".join(errors))
-
-    def lr_at(self, step: int, total_steps: int) -> float:
-        """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
-        t = min(step / max(total_steps, 1), 1.0)
-        if self.schedule == "cosine":
-            lr = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-        elif self.schedule == "poly":
-            lr = self.min_lr + (self.lr - self.min_lr) * (1 - t) ** self.poly_power
-        else:
-            lr = self.lr
-        if step < self.warmup_iters:
-            alpha = step / self.warmup_iters
-            lr *= self.warmup_factor * (1 - alpha) + alpha
-        return lr
 
 
 class TrainingAborted(RuntimeError):
     """Training stopped on purpose (too many bad samples or worker crashes); the message says why."""
 
-
-#: What iterating a multi-process DataLoader raises when a worker died: the loader's own
-#: RuntimeError, or, when the worker died while handing a batch's shared-memory handle to
-#: the main process (before the loader noticed it was gone), the socket's error.
-_CHANNEL_ERRORS = (ConnectionError, EOFError)
-_LOADER_ERRORS = (RuntimeError, *_CHANNEL_ERRORS)
-
-
-def _is_worker_crash(e: BaseException, workers: int) -> bool:
-    """True for the error a DataLoader raises when one of its worker processes died.
-
-    Errors of the samples themselves never look like this: the dataset wrapper catches
-    them inside the worker (skipped and counted), so a ``ConnectionError`` or ``EOFError``
-    out of the loader's iterator is the inter-process channel breaking.
-    """
-    if isinstance(e, RuntimeError):
-        return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed by signal" in str(e))
-    return workers > 0 and isinstance(e, _CHANNEL_ERRORS)
-
-
-_TORCH_SIGNAL_MODULE = "torch.utils.data._utils.signal_handling"  # where torch's SIGCHLD handler lives
-
-
-def _iter_without_async_worker_errors(loader: DataLoader | Iterator[Any]) -> Iterator[Any]:
-    """``iter(loader)``, with the SIGCHLD handler torch installs for it taken back out.
-
-    The first multi-worker iterator of a process installs a SIGCHLD handler that raises
-    "DataLoader worker ... exited unexpectedly" wherever the main thread is when a worker
-    dies: inside an optimiser step (half the parameters updated), a checkpoint write, a
-    progress-bar update. The engine can only recover at a batch boundary, so the previous
-    handler is put back; the loader still notices the death itself, while it waits for
-    that worker's batch (within ``MP_STATUS_CHECK_INTERVAL``, 5 s), and raises the same
-    error from ``next()``, where :meth:`Trainer._batches` handles it.
-    """
-    if (getattr(loader, "num_workers", 0) == 0 or not hasattr(signal, "SIGCHLD")
-            or threading.current_thread() is not threading.main_thread()):
-        return iter(loader)
-    before = signal.getsignal(signal.SIGCHLD)
-    if getattr(before, "__module__", "") == _TORCH_SIGNAL_MODULE:  # installed by an earlier loader
-        before = signal.SIG_DFL
-    iterator = iter(loader)
-    if signal.getsignal(signal.SIGCHLD) is not before:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL if before is None else before)
-    return iterator
-
-
-def _crash_summary(e: BaseException) -> str:
-    if isinstance(e, RuntimeError):
-        return str(e).strip().splitlines()[0]
-    return f"lost the connection to a DataLoader worker ({type(e).__name__}: {e})"
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def init_distributed(timeout_s: float = 600.0) -> tuple[int, int, torch.device]:
-    """Initialise torch.distributed from torchrun's environment (no-op otherwise).
-
-    Returns ``(rank, world_size, device)``. NCCL on CUDA, gloo on CPU.
-    """
-    from datetime import timedelta
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return rank, world, device
-
-
-def is_main_process() -> bool:
-    """Rank 0, or a single process; before ``init_process_group`` torchrun's ``RANK`` decides."""
-    if dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-# --------------------------------------------------------------------------- data order
-
-
-def _mix(*values: int) -> int:
-    """A stable 63-bit seed from integers (independent of PYTHONHASHSEED)."""
-    h = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and ``random``: call before building the model so its init follows ``seed``.
-
-    Recent torch seeds its default generator randomly at start-up, so without this two runs
-    with the same ``--seed`` would start from different weights.
-    """
-    s = _mix(seed, -1)
-    torch.manual_seed(s % 2**63)
-    np.random.seed(s % 2**32)
-    random.seed(s)
-
-
-class ResumableSampler(Sampler[int]):
-    """Seeded per-epoch permutation, sharded over ranks, that can start mid-epoch.
-
-    Epoch ``e``'s order is a pure function of ``(seed, e)``; ``set_epoch(e,
-    start_batch=k)`` skips this rank's first ``k`` batches, which is how a run
-    resumes inside an epoch.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
-        if num_samples <= 0:
-            raise ValueError("the dataset is empty: nothing to sample")
-        self.n, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
-        self.rank, self.world, self.drop_last = rank, world_size, drop_last
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        per_rank = self.n // self.world if self.drop_last else math.ceil(self.n / self.world)
-        order = (order * math.ceil(per_rank * self.world / self.n))[: per_rank * self.world]
-        mine = order[self.rank::self.world]
-        if self.drop_last:
-            mine = mine[: len(mine) // self.batch_size * self.batch_size]
-        return mine
-
-    def batches_per_epoch(self) -> int:
-        n = len(self._indices())
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start_batch * self.batch_size:])
-
-    def __len__(self) -> int:
-        return max(len(self._indices()) - self.start_batch * self.batch_size, 0)
-
-
-class SeededDataset(Dataset):
-    """Seeds each sample's augmentation from ``(seed, epoch, index)`` and skips bad samples.
-
-    The wrapped dataset's ``transforms`` (an albumentations ``Compose`` or
-    anything with ``set_random_seed``) and the ``random``/``numpy`` global
-    generators are seeded before each ``__getitem__``. A sample that raises
-    comes back as ``None`` (logged with its error), and :func:`skip_none_collate`
-    drops it from the batch.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int, skip_errors: bool = True) -> None:
-        self.dataset, self.seed, self.epoch, self.skip_errors = dataset, seed, 0, skip_errors
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        s = _mix(self.seed, self.epoch, index) % 2**32
-        random.seed(s)
-        np.random.seed(s)
-        tf = getattr(self.dataset, "transforms", None)
-        if hasattr(tf, "set_random_seed"):
-            tf.set_random_seed(s)
-        try:
-            return self.dataset[index]
-        except Exception as e:  # noqa: BLE001 - policy: skip, log, count
-            if not self.skip_errors:
-                raise
-            log.warning("skipping sample %d: %s: %s", index, type(e).__name__, e)
-            return None
-
-
-def skip_none_collate(collate: Callable[[list], Any]) -> Callable[[list], tuple[Any, int]]:
-    """Wrap a collate function: drop ``None`` samples, return ``(batch, n_skipped)``."""
-
-    def wrapped(samples: list) -> tuple[Any, int]:
-        good = [s for s in samples if s is not None]
-        return (collate(good) if good else None), len(samples) - len(good)
-
-    return wrapped
-
-
-def _worker_init(_: int) -> None:
-    try:
-        import cv2
-
-        cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe cores
-    except ImportError:
-        pass
-    torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------- trainer
 
 
 def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -400,7 +101,7 @@ class Trainer:
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        torch.manual_seed(_mix(self.cfg.seed, self.rank) % 2**63)
+        torch.manual_seed(mix_seed(self.cfg.seed, self.rank) % 2**63)
         if self.cfg.bn_momentum is not None:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -458,7 +159,7 @@ class Trainer:
         self.dataset.set_epoch(self.epoch)
         return DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.workers, collate_fn=skip_none_collate(self.collate),
-                          pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
                           persistent_workers=False,
                           # Own generator: creating the loader must not consume the global
                           # torch RNG (dropout), or a resumed run would diverge.
@@ -635,13 +336,13 @@ class Trainer:
         """
         while True:
             try:
-                yield from _iter_without_async_worker_errors(self._loader())
+                yield from iter_without_async_worker_errors(self._loader())
                 return
-            except _LOADER_ERRORS as e:
-                if not _is_worker_crash(e, self.cfg.workers):
+            except LOADER_ERRORS as e:
+                if not is_worker_crash(e, self.cfg.workers):
                     raise
                 self.worker_restarts += 1
-                first = _crash_summary(e)
+                first = crash_summary(e)
                 if self.worker_restarts > self.cfg.max_worker_restarts:
                     raise TrainingAborted(
                         f"DataLoader workers died {self.worker_restarts} times (limit max_worker_restarts="
@@ -692,36 +393,3 @@ class Trainer:
                     w.add_scalar(k, v, int(metrics["epoch"]))
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log to stderr on rank 0 only; other ranks log warnings and above."""
-    logging.basicConfig(
-        level=level if is_main_process() else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def cli_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """Return ``cfg`` with the non-None entries of ``values`` (CLI flags) applied."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k in names and v is not None})
-
-
-def add_train_config_arguments(parser: Any, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per TrainConfig field (default None: the preset decides)."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse_bool(), default=None,
-                                help=f"(preset default: see --preset) {f.name}")
-        else:
-            typ = {"int": int, "float": float, "str": str, "float | None": float}.get(str(f.type), str)
-            if typ is str and f.type != "str":
-                raise TypeError(f"no CLI type for TrainConfig.{f.name}: {f.type}")
-            parser.add_argument(flag, dest=f.name, type=typ, default=None, help=f.name.replace("_", " "))
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction

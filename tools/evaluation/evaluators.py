@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .coco_eval import CocoEvalResult, detections_to_coco_results, evaluate_coco
+from .coco import CocoEvalResult, detections_to_coco_results, evaluate_coco
 
 __all__ = ["predict_detections", "evaluate_detector", "evaluate_segmenter"]
 
@@ -67,7 +67,7 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.devi
     """
     import torch.nn.functional as F
 
-    from .seg_metrics import SegConfusion
+    from .cityscapes import SegConfusion
 
     num_classes = getattr(model, "num_classes", None) or dataset.num_classes
     conf = confusion or SegConfusion(num_classes=num_classes, ignore_index=getattr(dataset, "ignore_index", 255),

@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -37,152 +36,26 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import MethodType
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from mobiledense.backbones import Backbone, count_madds, count_params, list_backbones
+from mobiledense.backbones import Backbone, count_madds, count_params
+from mobiledense.tools.engine import Trainer
 
-from .engine import TrainConfig, Trainer
+from .cells import Cell, DataSpec, Measurement, Recipe
+from .report import write_report
 
-__all__ = [
-    "TASKS", "DET_HEAD", "METRIC", "Cell", "Recipe", "DataSpec", "Measurement", "TaskData", "ResultStore",
-    "make_cells", "seg_head_names", "load_task_data", "build_model", "find_backbone", "freeze_backbone",
-    "inference_net", "train_model", "evaluate_model", "measure_latency", "run_cell", "lock_recipe",
-    "run_comparison", "result_rows", "pareto_front", "markdown_report", "plot_tradeoff", "write_report",
-]
+__all__ = ["TaskData", "ResultStore", "load_task_data", "build_model", "find_backbone", "freeze_backbone",
+           "inference_net", "train_model", "evaluate_model", "measure_latency", "run_cell", "lock_recipe",
+           "run_comparison"]
 
 log = logging.getLogger("mobiledense.compare")
 
 TASKS = ("det", "seg")
 DET_HEAD = "ssdlite"
 METRIC = {"det": "mAP", "seg": "mIoU"}
-
-
-# --------------------------------------------------------------------------- cells and recipe
-
-
-def seg_head_names() -> list[str]:
-    """``lraspp`` (ours) and every smp architecture (``deeplabv3plus``, ``fpn`` ...)."""
-    import segmentation_models_pytorch as smp
-
-    return ["lraspp", *smp.MODEL_ARCHITECTURES_MAPPING]
-
-
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One entry of the matrix: ``task`` "det" (head "ssdlite") or "seg" (head "lraspp" / an smp arch)."""
-
-    task: str
-    head: str
-    backbone: str
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.task == "det" and self.head != DET_HEAD:
-            raise ValueError(f"detection cells use the {DET_HEAD!r} head, got {self.head!r}")
-
-    @property
-    def key(self) -> str:
-        """File-name-safe identifier, e.g. ``seg__lraspp__mobilenet_v3_large``."""
-        return f"{self.task}__{self.head}__{self.backbone}"
-
-    @property
-    def metric(self) -> str:
-        return METRIC[self.task]
-
-
-def make_cells(tasks: Sequence[str], backbones: Sequence[str] | None = None,
-               seg_heads: Sequence[str] = ("lraspp",)) -> list[Cell]:
-    """The matrix ``tasks x heads x backbones`` (default: every registered backbone); names checked."""
-    valid = list_backbones()
-    backbones = list(backbones) if backbones else valid
-    errors = [f"unknown backbone {b!r}" for b in backbones if b not in valid]
-    errors += [f"unknown task {t!r} (valid: {', '.join(TASKS)})" for t in tasks if t not in TASKS]
-    if "seg" in tasks:
-        heads = seg_head_names()
-        errors += [f"unknown seg head {h!r} (valid: {', '.join(heads)})" for h in seg_heads if h not in heads]
-        if not seg_heads:
-            errors.append("the seg task needs at least one --seg-heads entry")
-    if errors:
-        raise ValueError("; ".join(errors) + f". Registered backbones: {', '.join(valid)}")
-    cells = []
-    for task in dict.fromkeys(tasks):
-        for head in ([DET_HEAD] if task == "det" else dict.fromkeys(seg_heads)):
-            cells += [Cell(task, head, b) for b in dict.fromkeys(backbones)]
-    return cells
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The one short training recipe every cell gets (AdamW + cosine, seeded).
-
-    Detection trains on ``det_size`` squares (SSDLite crop + flip, torchvision's
-    "ssdlite" augmentation); segmentation on ``seg_size`` (h, w) crops of frames resized
-    to ``seg_size`` and scaled by ``seg_scale``, evaluated at ``seg_size``. MAdds and
-    latency are measured at the same sizes.
-    """
-
-    epochs: int = 8
-    max_steps_per_epoch: int = 0  # 0 = whole epochs
-    batch_size: int = 8
-    det_lr: float = 3e-3
-    seg_lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_iters: int = 20
-    det_size: int = 192
-    seg_size: tuple[int, int] = (128, 256)
-    seg_scale: tuple[float, float] = (0.75, 1.5)
-    frozen_backbone: bool = False
-    #: Folder of local ImageNet backbone weights ``<backbone>.pth`` / ``.pt``; None = random init.
-    backbone_weights: str | None = None
-    seed: int = 0
-
-    def train_config(self, task: str, workers: int = 0) -> TrainConfig:
-        cfg = TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.det_lr if task == "det" else self.seg_lr,
-            optimizer="adamw", weight_decay=self.weight_decay, schedule="cosine",
-            warmup_iters=self.warmup_iters, warmup_factor=0.1, bn_momentum=0.1, workers=workers,
-            seed=self.seed, eval_every=0, keep_checkpoints=1, max_steps_per_epoch=self.max_steps_per_epoch)
-        cfg.validate()
-        return cfg
-
-    def input_size(self, task: str) -> tuple[int, int]:
-        return (self.det_size, self.det_size) if task == "det" else tuple(self.seg_size)  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the data comes from; synthetic sets (written once in the output folder) by default."""
-
-    det_train_images: str | None = None
-    det_train_ann: str | None = None
-    det_val_images: str | None = None
-    det_val_ann: str | None = None
-    seg_root: str | None = None
-    seg_train_split: str = "train"
-    seg_val_split: str = "val"
-    synthetic_images: int = 300  # detection: images in total, 20% of them val
-    synthetic_frames: int = 160  # segmentation: train frames; val gets a quarter (at least 4)
-
-    def __post_init__(self) -> None:
-        det = {"--det-train-images": self.det_train_images, "--det-train-ann": self.det_train_ann,
-               "--det-val-images": self.det_val_images, "--det-val-ann": self.det_val_ann}
-        given = [k for k, v in det.items() if v]
-        if given and len(given) < len(det):
-            missing = [k for k in det if k not in given]
-            raise ValueError(f"real detection data needs all of {', '.join(det)}; missing {', '.join(missing)}")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """How latency is timed: median of ``runs`` batch-1 forwards after ``warmup``, ``threads`` torch threads."""
-
-    latency_runs: int = 20
-    latency_warmup: int = 5
-    latency_threads: int = 1
 
 
 # --------------------------------------------------------------------------- data
@@ -354,7 +227,7 @@ def train_model(model: nn.Module, cell: Cell, data: TaskData, recipe: Recipe, wo
 
 def evaluate_model(model: nn.Module, cell: Cell, data: TaskData, batch_size: int = 8) -> dict[str, float]:
     """``{"mAP", "AP50"}`` (COCO) or ``{"mIoU", "pixel_acc"}`` on the val set."""
-    from .evaluate import evaluate_detector, evaluate_segmenter
+    from mobiledense.tools.evaluation import evaluate_detector, evaluate_segmenter
 
     device = next(model.parameters()).device
     if cell.task == "det":
@@ -538,183 +411,3 @@ def run_comparison(cells: Iterable[Cell], recipe: Recipe, data: DataSpec, out_di
     return summary
 
 
-# --------------------------------------------------------------------------- report
-
-CSV_COLUMNS = [
-    "task", "head", "backbone", "status", "metric", "accuracy", "mAP", "AP50", "mIoU", "pixel_acc", "params_m",
-    "backbone_params_m", "trainable_params_m", "madds_m", "input_h", "input_w", "cpu_latency_ms",
-    "cpu_latency_min_ms", "latency_threads", "gpu_latency_ms", "train_images_per_s", "train_time_s", "train_steps",
-    "final_loss", "frozen_backbone", "init", "device", "error",
-]
-
-
-def result_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows (CSV_COLUMNS), per task: successful cells by decreasing accuracy, then failed ones."""
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {k: r.get(k) for k in CSV_COLUMNS}
-        row.update(r.get("metrics", {}))
-        for k in ("params", "backbone_params", "trainable_params", "madds"):
-            row[f"{k}_m"] = r[k] / 1e6 if r.get(k) is not None else None
-        row["input_h"], row["input_w"] = r.get("input_size") or (None, None)
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r["task"], r["status"] != "ok", -(r["accuracy"] or 0.0), r["head"],
-                                       r["backbone"]))
-
-
-def _num(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def pareto_front(costs: Sequence[float | None], scores: Sequence[float | None]) -> list[int]:
-    """Indices of the points no other point beats (cost <= and score >= with one strictly), by cost.
-
-    Points with a missing or NaN cost/score are never on the front; identical points are both on it.
-    """
-    pts = [(_num(c), _num(s)) for c, s in zip(costs, scores, strict=True)]
-    valid = [i for i, (c, s) in enumerate(pts) if c == c and s == s]
-    front = [i for i in valid if not any(
-        pts[j][0] <= pts[i][0] and pts[j][1] >= pts[i][1] and pts[j] != pts[i] for j in valid)]
-    return sorted(front, key=lambda i: pts[i])
-
-
-def _column_order(task: str, head: str) -> tuple[int, bool, str]:
-    """Tasks in TASKS order; within seg, LR-ASPP first, then the smp decoders by name."""
-    return TASKS.index(task), head not in (DET_HEAD, "lraspp"), head
-
-
-def _fmt(v: Any, digits: int = 1, scale: float = 1.0) -> str:
-    return "n/a" if v is None or v != v else f"{v * scale:.{digits}f}"
-
-
-def _params(row: dict[str, Any]) -> str:
-    """Total params; with a frozen backbone also the trained ones."""
-    total, trained = row["params_m"], row["trainable_params_m"]
-    return _fmt(total, 2) + (f" ({_fmt(trained, 2)} trained)" if trained is not None and trained < total else "")
-
-
-def _describe(lock: dict[str, Any]) -> list[str]:
-    r, d = lock["recipe"], lock["data"]
-    steps = f" (at most {r['max_steps_per_epoch']} steps each)" if r["max_steps_per_epoch"] else ""
-    det_data = (f"COCO-format `{d['det_train_ann']}` -> `{d['det_val_ann']}`" if d["det_train_ann"]
-                else f"synthetic shapes ({d['synthetic_images']} images, 20% val)")
-    seg_data = (f"Cityscapes layout `{d['seg_root']}` ({d['seg_train_split']} -> {d['seg_val_split']})"
-                if d["seg_root"] else f"synthetic streets ({d['synthetic_frames']} train frames)")
-    init = f"from `{r['backbone_weights']}` where present" if r["backbone_weights"] else "random"
-    return [
-        f"- Recipe (every cell): {r['epochs']} epochs{steps}, batch {r['batch_size']}, AdamW "
-        f"(lr det {r['det_lr']:g} / seg {r['seg_lr']:g}, wd {r['weight_decay']:g}), cosine, warm-up "
-        f"{r['warmup_iters']} steps, seed {r['seed']}; det {r['det_size']}x{r['det_size']}, seg "
-        f"{r['seg_size'][0]}x{r['seg_size'][1]}; backbone "
-        f"{'FROZEN (head-only probe)' if r['frozen_backbone'] else 'trained'}, init {init}.",
-        f"- Data: det {det_data}; seg {seg_data}.",
-        "- MAdds and latency at those sizes, batch 1 (det: network only, no resize/NMS). CPU latency: median "
-        "of timed forwards after warm-up; train img/s: the Trainer's end-to-end rate (data loading included), "
-        "median over epochs. Timings depend on the machine and its load.",
-    ]
-
-
-def markdown_report(rows: Sequence[dict[str, Any]], lock: dict[str, Any]) -> str:
-    """``results.md``: recipe, the backbone x (task, head) accuracy matrix, per-task tables, failures."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    lines = ["# Backbone comparison", "", *_describe(lock), ""]
-    columns = sorted({(r["task"], r["head"], r["metric"]) for r in rows}, key=lambda c: _column_order(*c[:2]))
-    if ok:
-        lines += ["## Accuracy matrix", "",
-                  "| backbone | " + " | ".join(f"{t} {h} {m}" for t, h, m in columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
-        acc = {(r["task"], r["head"], r["backbone"]): r for r in rows}
-        for b in sorted({r["backbone"] for r in rows}):
-            cells = [acc.get((t, h, b)) for t, h, _ in columns]
-            lines.append(f"| {b} | " + " | ".join(
-                "" if c is None else "failed" if c["status"] != "ok" else _fmt(c["accuracy"], 1, 100)
-                for c in cells) + " |")
-        lines.append("")
-    for task in TASKS:
-        task_rows = [r for r in ok if r["task"] == task]
-        if not task_rows:
-            continue
-        metric, extra = METRIC[task], "AP50" if task == "det" else "pixel_acc"
-        gpu = any(r["gpu_latency_ms"] is not None for r in task_rows)
-        fronts = {name: set(pareto_front([r[key] for r in task_rows], [r["accuracy"] for r in task_rows]))
-                  for name, key in (("latency", "cpu_latency_ms"), ("MAdds", "madds_m"))}
-        threads = task_rows[0]["latency_threads"]
-        lines += [f"## {task}: {metric} (%) on the validation set, best first", "",
-                  f"| # | backbone | head | {metric} | {extra} | params (M) | MAdds (M) | CPU ms ({threads} thr) | "
-                  + ("GPU ms | " if gpu else "") + "train img/s | Pareto front |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---|"]
-        for i, r in enumerate(task_rows):
-            front = ", ".join(name for name, idx in fronts.items() if i in idx)
-            lines.append(f"| {i + 1} | {r['backbone']} | {r['head']} | {_fmt(r['accuracy'], 1, 100)} | "
-                         f"{_fmt(r.get(extra), 1, 100)} | {_params(r)} | {_fmt(r['madds_m'], 0)} | "
-                         f"{_fmt(r['cpu_latency_ms'], 1)} | " + (f"{_fmt(r['gpu_latency_ms'], 2)} | " if gpu else "")
-                         + f"{_fmt(r['train_images_per_s'], 1)} | {front} |")
-        lines.append("")
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        lines += ["## Failed cells", ""] + [f"- {r['task']} {r['head']} {r['backbone']}: {r['error']}"
-                                            for r in failed] + [""]
-    return "\n".join(lines)
-
-
-def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, path: str | Path, title: str) -> Path:
-    """Accuracy (%) vs a cost, one marker per head, every point labelled, the Pareto front as a step line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ok = [r for r in rows if r["status"] == "ok" and r.get(x_key) is not None]
-    if not ok:
-        raise ValueError(f"no successful cell has {x_key!r}: nothing to plot")
-    xs, ys = [r[x_key] for r in ok], [100 * r["accuracy"] for r in ok]
-    fig = Figure(figsize=(9, 5.5))
-    ax = fig.add_subplot()
-    for k, head in enumerate(sorted({r["head"] for r in ok}, key=lambda h: _column_order(ok[0]["task"], h))):
-        idx = [i for i, r in enumerate(ok) if r["head"] == head]
-        ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], marker="osD^vPX*"[k % 8], color=f"C{k}", s=36,
-                   zorder=3, label=head)
-    front = pareto_front(xs, ys)
-    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-    ax.step(fx + [max(xs)], fy + [fy[-1]], where="post", color="black", linestyle="--", linewidth=1.2, zorder=2,
-            label="Pareto front")
-    ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="crimson", linewidths=1.6, zorder=4,
-               label="on the front")
-    log_x = min(xs) > 0 and max(xs) / min(xs) > 20
-    if log_x:
-        ax.set_xscale("log")
-    lo, hi = (math.log(v) if log_x else v for v in (min(xs), max(xs)))
-    for x, y, r in zip(xs, ys, ok):  # labels of the rightmost quarter go left of their point
-        right = hi > lo and ((math.log(x) if log_x else x) - lo) / (hi - lo) > 0.75
-        ax.annotate(r["backbone"], (x, y), textcoords="offset points", xytext=(-5 if right else 5, 3),
-                    ha="right" if right else "left", fontsize=7)
-    ax.margins(x=0.08, y=0.08)
-    ax.set(xlabel=x_label, ylabel=f"{ok[0]['metric']} (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def write_report(results: Iterable[dict[str, Any]], out_dir: str | Path, lock: dict[str, Any]) -> list[Path]:
-    """``results.csv``, ``results.md`` and ``acc_vs_{latency,madds}_<task>.png`` in ``out_dir``."""
-    out_dir, rows = Path(out_dir), result_rows(results)
-    written = [out_dir / "results.csv", out_dir / "results.md"]
-    with written[0].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    written[1].write_text(markdown_report(rows, lock))
-    frozen = " (frozen backbone)" if lock["recipe"]["frozen_backbone"] else ""
-    for task in TASKS:
-        task_rows = [r for r in rows if r["task"] == task and r["status"] == "ok"]
-        if not task_rows:
-            continue
-        h, w, thr = task_rows[0]["input_h"], task_rows[0]["input_w"], task_rows[0]["latency_threads"]
-        for name, key, label in (("latency", "cpu_latency_ms", f"CPU latency (ms, batch 1, {thr} thread(s))"),
-                                 ("madds", "madds_m", "MAdds (M)")):
-            written.append(plot_tradeoff(task_rows, key, f"{label} at {h}x{w}", out_dir / f"acc_vs_{name}_{task}.png",
-                                         f"{task}: {METRIC[task]} vs {label.split(' (')[0]}{frozen}"))
-    return written

@@ -8,14 +8,22 @@ Every backbone maps an image batch to multi-scale features keyed by stride::
 When a stage is dilated (``output_stride`` 16 or 8), several stages share one
 stride; the dict holds the *deepest* feature at each stride, so ``feats[16]``
 of a MobileNetV3 at ``output_stride=16`` is the last 1x1 conv (960 channels),
-exactly what LR-ASPP reads.
+exactly what LR-ASPP reads. The constructor option ``taps`` (stride -> kind)
+chooses another layer per stride (:class:`SequentialBackbone`)::
+
+    create_backbone("mobilenet_v3_large", taps={8: "first"})      # LR-ASPP's low branch
+    create_backbone("mobilenet_v3_large", taps={16: "expansion"})  # SSDLite's C4
+
+Each family declares what it supports (``supported_output_strides``,
+``supported_taps``, ``options``); :func:`create_backbone` checks a request
+against the registry entry before building anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +33,12 @@ __all__ = [
     "SequentialBackbone",
     "ImageClassifier",
     "BACKBONES",
+    "BackboneEntry",
+    "ExpansionTappable",
+    "TAP_KINDS",
+    "UNIVERSAL_OPTIONS",
     "register_backbone",
+    "get_backbone_entry",
     "create_backbone",
     "create_classifier",
     "list_backbones",
@@ -43,12 +56,19 @@ class Backbone(nn.Module):
     at that stride), ``self.output_stride`` and implement ``forward`` returning a
     ``dict[int, Tensor]`` with exactly the keys of ``channels``.  They also
     implement :meth:`classifier_head`, which maps the deepest feature to logits.
+    The class attributes below declare what the family's constructor accepts;
+    the registry reads them, so a request is checked without building a model.
     """
 
     channels: dict[int, int]
     output_stride: int
     #: ``output_stride`` values the architecture supports (dilation of late stages).
     supported_output_strides: tuple[int, ...] = (32,)
+    #: Tap kinds (:data:`TAP_KINDS`) the constructor's ``taps`` accepts.
+    supported_taps: tuple[str, ...] = ("deepest",)
+    #: Constructor keywords a user may set through the registry, besides
+    #: :data:`UNIVERSAL_OPTIONS` (those fixed by the registered factories are not listed).
+    options: tuple[str, ...] = ()
     #: Multiple that input height/width must be a multiple of for the strides to
     #: be exact; other sizes still run (convs floor/ceil) but maps are not aligned.
     size_divisor: int = 32
@@ -107,27 +127,71 @@ class ImageClassifier(nn.Module):
 # --------------------------------------------------------------------------- registry
 
 
+#: What ``taps`` may ask for at a stride ``s``: the deepest layer at ``s`` (the default),
+#: the first layer reaching ``s``, or the 1x1 expansion inside the block taking ``s`` to ``2s``.
+TAP_KINDS: tuple[str, ...] = ("deepest", "first", "expansion")
+#: Options every registered backbone takes (the contract), besides its family's ``options``.
+UNIVERSAL_OPTIONS: tuple[str, ...] = ("output_stride", "taps")
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
+    """A registered factory and the family class that declares what it supports."""
+
     name: str
     factory: Callable[..., Backbone]
     paper: str
     #: torchvision classifier builder with the same architecture, if any.
     torchvision: str | None = None
+    family: type[Backbone] = field(kw_only=True)
+
+    @property
+    def output_strides(self) -> tuple[int, ...]:
+        """``output_stride`` values the family supports."""
+        return tuple(self.family.supported_output_strides)
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Tap kinds the family's ``taps`` option accepts."""
+        return tuple(self.family.supported_taps)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The family's own constructor options (``width_mult``, ...), without the universal ones."""
+        return tuple(self.family.options)
+
+    def check_kwargs(self, kwargs: Mapping[str, Any]) -> None:
+        """Raise a ValueError naming what is supported for an option, output stride or tap kind
+        the family does not have; nothing is built."""
+        valid = self.options + UNIVERSAL_OPTIONS
+        for key in kwargs:
+            if key not in valid:
+                raise ValueError(f"{self.name} has no option {key!r}; its options: {', '.join(valid)}")
+        if "output_stride" in kwargs:
+            check_output_stride(self.name, kwargs["output_stride"], self.output_strides)
+        check_taps(self.name, kwargs.get("taps"), self.taps)
 
 
 BACKBONES: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str, *, paper: str, torchvision: str | None = None
+    name: str, *, paper: str, torchvision: str | None = None, family: type[Backbone]
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Decorator that adds a factory to the flat registry; duplicates are refused."""
+    """Decorator that adds a factory to the flat registry; duplicates are refused.
+
+    Args:
+        name: registry name.
+        paper: where the architecture comes from (``"arXiv:1905.02244"``).
+        torchvision: torchvision classifier builder of the same architecture, if any.
+        family: the class the factory builds; its ``supported_output_strides``,
+            ``supported_taps`` and ``options`` are the entry's.
+    """
 
     def wrap(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in BACKBONES:
             raise KeyError(f"backbone {name!r} is already registered by {BACKBONES[name].factory}")
-        BACKBONES[name] = BackboneEntry(name, factory, paper, torchvision)
+        BACKBONES[name] = BackboneEntry(name, factory, paper, torchvision, family=family)
         return factory
 
     return wrap
@@ -137,7 +201,8 @@ def list_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
-def _entry(name: str) -> BackboneEntry:
+def get_backbone_entry(name: str) -> BackboneEntry:
+    """The registry entry of ``name``; the KeyError lists the valid names."""
     try:
         return BACKBONES[name]
     except KeyError:
@@ -146,17 +211,23 @@ def _entry(name: str) -> BackboneEntry:
         ) from None
 
 
-def create_backbone(name: str, *, weights: str | Path | None = None, **kwargs) -> Backbone:
+def _build(name: str, kwargs: Mapping[str, Any]) -> Backbone:
+    entry = get_backbone_entry(name)
+    entry.check_kwargs(kwargs)
+    return entry.factory(**kwargs)
+
+
+def create_backbone(name: str, *, weights: str | Path | None = None, **kwargs: Any) -> Backbone:
     """Build a registered backbone, e.g. ``create_backbone("mobilenet_v3_large", output_stride=16)``.
 
     Args:
         name: registry name (see :func:`list_backbones`).
         weights: optional local path of a state_dict for the backbone (our key
             names, or a torchvision classifier checkpoint: both are accepted).
-        **kwargs: architecture options of the family (``width_mult``,
-            ``output_stride``, ``tap``, ...).
+        **kwargs: ``output_stride``, ``taps`` and the family's ``options``
+            (``width_mult``, ...), checked against the registry entry first.
     """
-    model = _entry(name).factory(**kwargs)
+    model = _build(name, kwargs)
     if weights is not None:
         sd = load_state_dict_file(weights)
         sd = _strip_to_backbone(sd, model)
@@ -165,14 +236,14 @@ def create_backbone(name: str, *, weights: str | Path | None = None, **kwargs) -
 
 
 def create_classifier(
-    name: str, *, num_classes: int = 1000, weights: str | Path | None = None, **kwargs
+    name: str, *, num_classes: int = 1000, weights: str | Path | None = None, **kwargs: Any
 ) -> ImageClassifier:
     """Build ``ImageClassifier(create_backbone(name, **kwargs), num_classes)``.
 
     ``weights`` may be one of our classifier checkpoints or a torchvision
     classifier state_dict of the same architecture (keys are converted).
     """
-    model = ImageClassifier(_entry(name).factory(**kwargs), num_classes)
+    model = ImageClassifier(_build(name, kwargs), num_classes)
     if weights is not None:
         sd = load_state_dict_file(weights)
         if not any(k.startswith("backbone.") for k in sd):
@@ -261,6 +332,18 @@ def check_output_stride(name: str, output_stride: int, supported: Iterable[int])
         )
 
 
+def check_taps(owner: str, taps: Mapping[int, str] | None, supported: Iterable[str]) -> None:
+    """Refuse a ``taps`` that is not a stride -> kind mapping of supported kinds."""
+    if taps is None:
+        return
+    supported = tuple(supported)
+    if not isinstance(taps, Mapping):
+        raise ValueError(f"{owner} taps must map strides to kinds, e.g. {{16: 'expansion'}}; got {taps!r}")
+    for stride, kind in taps.items():
+        if kind not in supported:
+            raise ValueError(f"{owner} supports taps {supported}, got {kind!r} at stride {stride}")
+
+
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round channels to a multiple of ``divisor`` without dropping below 90% (MobileNetV2 code)."""
     min_value = min_value or divisor
@@ -293,50 +376,96 @@ def count_madds(model: nn.Module, *inputs: Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+@runtime_checkable
+class ExpansionTappable(Protocol):
+    """A layer whose 1x1 expansion output can be returned (MobileNetV2 §6.2, MobileNetV3 §6.3)."""
+
+    expansion_channels: int
+
+    def split_expansion(self) -> tuple[nn.Module, nn.Module]:
+        """``(expansion, rest)`` with ``rest(expansion(x)) == layer(x)``; a ValueError if there is none."""
+        ...
+
+
 class SequentialBackbone(Backbone):
-    """A backbone that is a chain of layers, tapped at the deepest layer of each stride.
+    """A backbone that is a chain of layers, tapped at one layer per stride.
 
     Subclasses build their modules (named as in the family's reference code,
     so checkpoints map by prefix), then call :meth:`_init_taps` with the
-    stride of each layer returned by :meth:`feature_layers`.
+    stride and channels of each layer returned by :meth:`feature_layers` and
+    the constructor's ``taps``: per stride, ``"deepest"`` (default),
+    ``"first"`` (the strided block's own output: torchvision's LR-ASPP low
+    branch) or ``"expansion"`` (the expansion of the block taking the net from
+    that stride to twice it: SSDLite's C4 at 16; that block must be strided,
+    not dilated, and an :class:`ExpansionTappable`).
     """
+
+    supported_taps: tuple[str, ...] = ("deepest", "first")
+    #: The kind tapped at each stride, as resolved by :meth:`_init_taps`.
+    taps: dict[int, str]
 
     def feature_layers(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def _init_taps(self, layer_strides: list[int], layer_channels: list[int]) -> None:
-        """Record, per stride, the index of the deepest layer producing it."""
-        self._layer_strides, self._layer_channels = list(layer_strides), list(layer_channels)
-        self.tap_first_at(())
-
-    def tap_first_at(self, strides: Iterable[int]) -> "SequentialBackbone":
-        """Return, at each stride in ``strides``, the FIRST layer reaching it instead of the deepest.
-
-        This is the strided block's own output (torchvision's "C2" for LR-ASPP's
-        low-level branch reads the first stride-8 block of MobileNetV3). Returns self.
-        """
-        first = set(strides)
-        unknown = first - set(self._layer_strides)
+    def _init_taps(self, layer_strides: list[int], layer_channels: list[int],
+                   taps: Mapping[int, str] | None = None) -> None:
+        """Resolve ``taps`` to layer indices and declare ``channels`` (stride -> channels)."""
+        name = type(self).__name__
+        check_taps(name, taps, self.supported_taps)
+        strides = sorted(set(layer_strides))
+        unknown = sorted(set(taps or {}) - set(strides))
         if unknown:
-            raise ValueError(f"{type(self).__name__} has no layers at strides {sorted(unknown)}; "
-                             f"strides are {sorted(set(self._layer_strides))}")
-        taps: dict[int, int] = {}
-        for i, s in enumerate(self._layer_strides):
-            if s not in first or s not in taps:
-                taps[s] = i
-        self._taps = taps
-        self.first_taps = tuple(sorted(first))
-        old = getattr(self, "channels", {})
-        extra = {16: old[16]} if getattr(self, "tap", None) == "expansion" and 16 in old else {}
-        self.channels = {s: self._layer_channels[i] for s, i in taps.items()} | extra
-        self._tap_at = {i: s for s, i in taps.items()}
-        return self
+            raise ValueError(f"{name} has no layers at strides {unknown}; strides are {strides}")
+        self.taps = {s: (taps or {}).get(s, "deepest") for s in strides}
+        self._tap_at: dict[int, int] = {}  # layer index -> stride of its output
+        self._expansion_at: dict[int, int] = {}  # layer index -> stride of its expansion
+        self.channels = {}
+        for s, kind in self.taps.items():
+            if kind == "expansion":
+                i = self._expansion_layer(layer_strides, s)
+                self._expansion_at[i] = s
+                self.channels[s] = self.feature_layers()[i].expansion_channels
+            else:
+                at = [i for i, t in enumerate(layer_strides) if t == s]
+                i = at[0] if kind == "first" else at[-1]
+                self._tap_at[i] = s
+                self.channels[s] = layer_channels[i]
+        # A tapped output the next layer overwrites in place (SqueezeNet: conv1 -> ReLU(inplace)) is copied.
+        layers = self.feature_layers()
+        self._copy_at = {i for i in self._tap_at
+                         if i + 1 < len(layers) and getattr(layers[i + 1], "inplace", False)}
+
+    def _expansion_layer(self, layer_strides: list[int], stride: int) -> int:
+        """Index of the strided block taking the net from ``stride`` to ``2 * stride``."""
+        name = type(self).__name__
+        for i, s in enumerate(layer_strides):
+            if s == 2 * stride and (layer_strides[i - 1] if i else 1) == stride:
+                layer = self.feature_layers()[i]
+                where = f"{name} taps={{{stride}: 'expansion'}}: layer {i} ({type(layer).__name__})"
+                if not isinstance(layer, ExpansionTappable):
+                    raise ValueError(f"{where} has no expansion to tap")
+                try:
+                    layer.split_expansion()  # raises if this block has none
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
+                return i
+        raise ValueError(
+            f"{name} taps={{{stride}: 'expansion'}} reads the strided block that takes the net to stride "
+            f"{2 * stride}, but at output_stride={self.output_stride} no block does (it is dilated); "
+            f"it needs output_stride={2 * stride} or more")
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         self.check_input(x)
         out: dict[int, Tensor] = {}
         for i, layer in enumerate(self.feature_layers()):
-            x = layer(x)
+            if i in self._expansion_at:
+                # Split at call time: optimize_for_inference may have replaced the submodules.
+                expansion, rest = layer.split_expansion()
+                x = expansion(x)
+                out[self._expansion_at[i]] = x
+                x = rest(x)
+            else:
+                x = layer(x)
             if i in self._tap_at:
-                out[self._tap_at[i]] = x
+                out[self._tap_at[i]] = x.clone() if i in self._copy_at else x
         return out

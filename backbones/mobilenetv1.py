@@ -9,7 +9,7 @@ the depthwise separable blocks, ``fc`` the classifier.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
@@ -71,14 +71,19 @@ class MobileNetV1(SequentialBackbone):
         width_mult: the width multiplier alpha of §3.3 (0.25, 0.5, 0.75, 1.0 in
             Table 6); channels are rounded to multiples of 8.
         output_stride: 32, 16 or 8; late stages are dilated instead of strided.
+        taps: per stride, ``"deepest"`` (default) or ``"first"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`).
         norm_layer: BatchNorm factory (default ``nn.BatchNorm2d``).
         dropout: dropout before the classifier (0 by default: the paper uses
             little regularisation for small models, §3.2).
     """
 
     supported_output_strides = (8, 16, 32)
+    supported_taps = ("deepest", "first")
+    options = ("width_mult", "norm_layer", "dropout")
 
     def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
+                 taps: Mapping[int, str] | None = None,
                  norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.0) -> None:
         super().__init__()
         if width_mult <= 0:
@@ -100,7 +105,7 @@ class MobileNetV1(SequentialBackbone):
         for s, _ in plan:
             cur *= s
             strides.append(cur)
-        self._init_taps(strides, [stem] + outs)
+        self._init_taps(strides, [stem] + outs, taps)
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:
@@ -135,6 +140,6 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_backbone("mobilenet_v1", paper="arXiv:1704.04861")
+@register_backbone("mobilenet_v1", paper="arXiv:1704.04861", family=MobileNetV1)
 def mobilenet_v1(**kwargs) -> MobileNetV1:
     return MobileNetV1(**kwargs)

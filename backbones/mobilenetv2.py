@@ -9,7 +9,7 @@ mapping only (``features.*`` -> ``backbone.features.*``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
@@ -73,7 +73,14 @@ class InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
         self.out_channels = out_ch
-        self.hidden_channels = hidden
+        self.hidden_channels = self.expansion_channels = hidden
+
+    def split_expansion(self) -> tuple[nn.Module, nn.Module]:
+        """(1x1 expansion, depthwise + projection): the expansion is SSDLite's first layer (§6.2)."""
+        if not self.has_expansion or self.use_res_connect:
+            raise ValueError("only a strided block with an expansion layer (t > 1) can be split "
+                             "at its expansion")
+        return self.conv[0], self.conv[1:]
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
@@ -89,27 +96,27 @@ class MobileNetV2(SequentialBackbone):
             multipliers below 1 (§6.1, as in torchvision).
         output_stride: 32, 16 or 8; late stages are dilated instead of strided
             (16 is the DeepLabv3 setting of §6.3).
-        tap: ``"expansion"`` returns at stride 16 the expansion layer of the first
-            stride-32 block (576 channels at width 1.0) instead of the last
-            stride-16 block output: where SSDLite attaches its first layer
-            ("the expansion of layer 15", §6.2). Only with ``output_stride=32``.
+        taps: per stride, ``"deepest"`` (default), ``"first"`` or ``"expansion"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`). ``{16: "expansion"}``
+            returns at stride 16 the expansion layer of the first stride-32 block (576
+            channels at width 1.0): where SSDLite attaches its first layer ("the
+            expansion of layer 15", §6.2). Expansion taps need that block strided.
         norm_layer: BatchNorm factory (default ``nn.BatchNorm2d``, as torchvision).
         dropout: dropout of the classifier head (0.2, as torchvision).
     """
 
     supported_output_strides = (8, 16, 32)
+    supported_taps = ("deepest", "first", "expansion")
+    options = ("width_mult", "norm_layer", "dropout")
 
-    def __init__(self, width_mult: float = 1.0, output_stride: int = 32, tap: str | None = None,
+    def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
+                 taps: Mapping[int, str] | None = None,
                  norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.2) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV2 width_mult must be positive, got {width_mult}")
         check_output_stride("mobilenet_v2", output_stride, self.supported_output_strides)
-        if tap not in (None, "expansion"):
-            raise ValueError(f"tap must be None or 'expansion', got {tap!r}")
-        if tap == "expansion" and output_stride != 32:
-            raise ValueError("tap='expansion' (SSDLite's first layer) needs output_stride=32")
-        self.width_mult, self.output_stride, self.tap, self.dropout = width_mult, output_stride, tap, dropout
+        self.width_mult, self.output_stride, self.dropout = width_mult, output_stride, dropout
 
         # One (in, out, stride, t) per block, strides before dilation.
         stem = make_divisible(32 * width_mult, 8)
@@ -136,31 +143,11 @@ class MobileNetV2(SequentialBackbone):
         for s, _ in plan:
             cur *= s
             strides.append(cur)
-        self._init_taps(strides, [stem] + [b[1] for b in blocks] + [self.last_channel])
-        # SSDLite tap: the last strided block (the one taking the undilated net to 32).
-        self._c4_index = 1 + max(j for j, b in enumerate(blocks) if b[2] == 2)
-        if tap == "expansion":
-            self.channels[16] = self.features[self._c4_index].hidden_channels
+        self._init_taps(strides, [stem] + [b[1] for b in blocks] + [self.last_channel], taps)
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:
         return list(self.features)
-
-    def forward(self, x: Tensor) -> dict[int, Tensor]:
-        if self.tap is None:
-            return super().forward(x)
-        self.check_input(x)
-        out: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.features):
-            if i == self._c4_index:
-                expansion = layer.conv[0](x)
-                out[16] = expansion
-                x = layer.conv[1:](expansion)  # stride-2 block: no residual
-                continue
-            x = layer(x)
-            if i in self._tap_at and self._tap_at[i] != 16:
-                out[self._tap_at[i]] = x
-        return out
 
     def classifier_head(self, num_classes: int) -> nn.Module:
         return ClassifierHead(self.out_channels, num_classes, self.dropout)
@@ -190,6 +177,7 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_backbone("mobilenet_v2", paper="arXiv:1801.04381", torchvision="mobilenet_v2")
+@register_backbone("mobilenet_v2", paper="arXiv:1801.04381", torchvision="mobilenet_v2",
+                   family=MobileNetV2)
 def mobilenet_v2(**kwargs) -> MobileNetV2:
     return MobileNetV2(**kwargs)

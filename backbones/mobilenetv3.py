@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Mapping
 
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
@@ -113,6 +113,14 @@ class InvertedResidual(nn.Module):
                                            norm_layer=norm_layer, activation_layer=None))
         self.block = nn.Sequential(*layers)
         self.has_expansion = row.expanded != row.in_ch
+        self.expansion_channels = row.expanded
+
+    def split_expansion(self) -> tuple[nn.Module, nn.Module]:
+        """(1x1 expansion, depthwise + SE + projection): the expansion is SSDLite's C4 (§6.3)."""
+        if not self.has_expansion or self.use_res_connect:
+            raise ValueError("only a strided block with an expansion layer (expanded != in_ch) "
+                             "can be split at its expansion")
+        return self.block[0], self.block[1:]
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.block(x)
@@ -128,29 +136,29 @@ class MobileNetV3(SequentialBackbone):
         reduced_tail: halve the channels of the last stage (paper §6.3, "RF2").
         output_stride: 32, 16 or 8; late stages are dilated instead of strided
             (16 is what LR-ASPP uses, paper §6.4).
-        tap: ``"expansion"`` returns at stride 16 the expansion layer of the first
-            stride-32 block instead of the last stride-16 block output: SSDLite's C4
-            (paper §6.3). Only with ``output_stride=32``.
+        taps: per stride, ``"deepest"`` (default), ``"first"`` or ``"expansion"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`). ``{16: "expansion"}``
+            returns at stride 16 the expansion layer of the first stride-32 block:
+            SSDLite's C4 (paper §6.3); ``{8: "first"}`` the first stride-8 block, which
+            LR-ASPP's low branch reads in torchvision. Expansion taps need that block strided.
         norm_layer: BatchNorm factory (default eps 1e-3, momentum 0.01).
         dropout: dropout of the classifier head.
     """
 
     supported_output_strides = (8, 16, 32)
+    supported_taps = ("deepest", "first", "expansion")
+    options = ("width_mult", "reduced_tail", "norm_layer", "dropout")  # arch: one factory each
 
     def __init__(self, arch: str = "large", width_mult: float = 1.0, reduced_tail: bool = False,
-                 output_stride: int = 32, tap: str | None = None,
+                 output_stride: int = 32, taps: Mapping[int, str] | None = None,
                  norm_layer: Callable[..., nn.Module] = BatchNorm, dropout: float = 0.2) -> None:
         super().__init__()
         if arch not in ("large", "small"):
             raise ValueError(f"MobileNetV3 arch must be 'large' or 'small', got {arch!r}")
         check_output_stride(f"mobilenet_v3_{arch}", output_stride, self.supported_output_strides)
-        if tap not in (None, "expansion"):
-            raise ValueError(f"tap must be None or 'expansion', got {tap!r}")
-        if tap == "expansion" and output_stride != 32:
-            raise ValueError("tap='expansion' (SSDLite C4) needs output_stride=32")
         r = 2 if reduced_tail else 1
         rows = [row.scaled(width_mult) for row in (_large(r) if arch == "large" else _small(r))]
-        self.arch, self.output_stride, self.tap, self.dropout = arch, output_stride, tap, dropout
+        self.arch, self.output_stride, self.dropout = arch, output_stride, dropout
         self.last_channel = make_divisible((1280 if arch == "large" else 1024) // r * width_mult, 8)
 
         plan = plan_dilation([2] + [row.stride for row in rows] + [1], output_stride)
@@ -169,31 +177,11 @@ class MobileNetV3(SequentialBackbone):
         for s, _ in plan:
             cur *= s
             strides.append(cur)
-        self._init_taps(strides, [stem] + [row.out_ch for row in rows] + [last])
-        # C4 tap: the last strided block (the one that takes the undilated net to 32).
-        self._c4_index = 1 + max(i for i, row in enumerate(rows) if row.stride == 2)
-        if tap == "expansion":
-            self.channels[16] = rows[self._c4_index - 1].expanded
+        self._init_taps(strides, [stem] + [row.out_ch for row in rows] + [last], taps)
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:
         return list(self.features)
-
-    def forward(self, x: Tensor) -> dict[int, Tensor]:
-        if self.tap is None:
-            return super().forward(x)
-        self.check_input(x)
-        out: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.features):
-            if i == self._c4_index:
-                expansion = layer.block[0](x)
-                out[16] = expansion
-                x = layer.block[1:](expansion)  # stride-2 block: no residual
-                continue
-            x = layer(x)
-            if i in self._tap_at and self._tap_at[i] != 16:
-                out[self._tap_at[i]] = x
-        return out
 
     def classifier_head(self, num_classes: int) -> nn.Module:
         return ClassifierHead(self.out_channels, self.last_channel, num_classes, self.dropout)
@@ -227,11 +215,13 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_backbone("mobilenet_v3_large", paper="arXiv:1905.02244", torchvision="mobilenet_v3_large")
+@register_backbone("mobilenet_v3_large", paper="arXiv:1905.02244", torchvision="mobilenet_v3_large",
+                   family=MobileNetV3)
 def mobilenet_v3_large(**kwargs) -> MobileNetV3:
     return MobileNetV3("large", **kwargs)
 
 
-@register_backbone("mobilenet_v3_small", paper="arXiv:1905.02244", torchvision="mobilenet_v3_small")
+@register_backbone("mobilenet_v3_small", paper="arXiv:1905.02244", torchvision="mobilenet_v3_small",
+                   family=MobileNetV3)
 def mobilenet_v3_small(**kwargs) -> MobileNetV3:
     return MobileNetV3("small", **kwargs)

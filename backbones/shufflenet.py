@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -172,10 +172,11 @@ class _ShuffleNet(SequentialBackbone):
     """Conv1 -> MaxPool -> Stage2..4 (-> Conv5): the layout shared by both tables."""
 
     supported_output_strides = (8, 16, 32)
+    supported_taps = ("deepest", "first")
 
     def _build(self, rows: list[StageRow], output_stride: int,
                make_unit: Callable[[int, int, int, int, bool, int], nn.Module],
-               last_conv: int | None) -> None:
+               last_conv: int | None, taps: Mapping[int, str] | None) -> None:
         check_output_stride(type(self).__name__, output_stride, self.supported_output_strides)
         self.output_stride = output_stride
         stem = self.stem_channels
@@ -199,7 +200,7 @@ class _ShuffleNet(SequentialBackbone):
             self._names.append("conv5")
             strides.append(strides[-1])
             channels.append(last_conv)
-        self._init_taps(strides, channels)
+        self._init_taps(strides, channels, taps)
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:
@@ -217,9 +218,14 @@ class ShuffleNetV1(_ShuffleNet):
         width_mult: the paper's "ShuffleNet s x" (§3.3), e.g. 0.5; channels are rounded
             to multiples of 4g (stages) and g (stem) so every group conv divides.
         output_stride: 32, 16 or 8; late stages are dilated instead of strided.
+        taps: per stride, ``"deepest"`` (default) or ``"first"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`).
     """
 
-    def __init__(self, groups: int = 3, width_mult: float = 1.0, output_stride: int = 32) -> None:
+    options = ("width_mult",)  # groups: one factory per Table 1 column
+
+    def __init__(self, groups: int = 3, width_mult: float = 1.0, output_stride: int = 32,
+                 taps: Mapping[int, str] | None = None) -> None:
         super().__init__()
         if groups not in V1_CHANNELS:
             raise ValueError(f"ShuffleNetV1 groups must be one of {tuple(V1_CHANNELS)} (Table 1), "
@@ -235,7 +241,7 @@ class ShuffleNetV1(_ShuffleNet):
             return ShuffleV1Unit(in_ch, out_ch, groups, s, d, downsample=first,
                                  group_first=not (first and stage == 0))
 
-        self._build(rows, output_stride, unit, last_conv=None)
+        self._build(rows, output_stride, unit, last_conv=None, taps=taps)
 
 
 class ShuffleNetV2(_ShuffleNet):
@@ -244,9 +250,13 @@ class ShuffleNetV2(_ShuffleNet):
     Args:
         width_mult: 0.5, 1.0, 1.5 or 2.0 (Table 5).
         output_stride: 32, 16 or 8; the depthwise convs of late stages are dilated.
+        taps: per stride, ``"deepest"`` (default) or ``"first"``.
     """
 
-    def __init__(self, width_mult: float = 1.0, output_stride: int = 32) -> None:
+    options = ()  # width_mult: one factory per Table 5 column
+
+    def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
+                 taps: Mapping[int, str] | None = None) -> None:
         super().__init__()
         if width_mult not in V2_CHANNELS:
             raise ValueError(f"ShuffleNetV2 width_mult must be one of {tuple(V2_CHANNELS)} (Table 5), "
@@ -257,7 +267,7 @@ class ShuffleNetV2(_ShuffleNet):
         def unit(in_ch: int, out_ch: int, s: int, d: int, first: bool, stage: int) -> nn.Module:
             return ShuffleV2Unit(in_ch, out_ch, s, d, downsample=first)
 
-        self._build(_rows(*stages), output_stride, unit, last_conv=last)
+        self._build(_rows(*stages), output_stride, unit, last_conv=last, taps=taps)
 
 
 class ClassifierHead(nn.Module):
@@ -282,31 +292,35 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_backbone("shufflenet_v1_g3", paper="arXiv:1707.01083")
+@register_backbone("shufflenet_v1_g3", paper="arXiv:1707.01083", family=ShuffleNetV1)
 def shufflenet_v1_g3(**kwargs) -> ShuffleNetV1:
     return ShuffleNetV1(groups=3, **kwargs)
 
 
-@register_backbone("shufflenet_v1_g8", paper="arXiv:1707.01083")
+@register_backbone("shufflenet_v1_g8", paper="arXiv:1707.01083", family=ShuffleNetV1)
 def shufflenet_v1_g8(**kwargs) -> ShuffleNetV1:
     return ShuffleNetV1(groups=8, **kwargs)
 
 
-@register_backbone("shufflenet_v2_x0_5", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x0_5")
+@register_backbone("shufflenet_v2_x0_5", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x0_5",
+                   family=ShuffleNetV2)
 def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(0.5, **kwargs)
 
 
-@register_backbone("shufflenet_v2_x1_0", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x1_0")
+@register_backbone("shufflenet_v2_x1_0", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x1_0",
+                   family=ShuffleNetV2)
 def shufflenet_v2_x1_0(**kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(1.0, **kwargs)
 
 
-@register_backbone("shufflenet_v2_x1_5", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x1_5")
+@register_backbone("shufflenet_v2_x1_5", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x1_5",
+                   family=ShuffleNetV2)
 def shufflenet_v2_x1_5(**kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(1.5, **kwargs)
 
 
-@register_backbone("shufflenet_v2_x2_0", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x2_0")
+@register_backbone("shufflenet_v2_x2_0", paper="arXiv:1807.11164", torchvision="shufflenet_v2_x2_0",
+                   family=ShuffleNetV2)
 def shufflenet_v2_x2_0(**kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(2.0, **kwargs)

@@ -16,6 +16,7 @@ returns strides 2, 4, 8, 16 and supports ``output_stride=16`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -103,14 +104,18 @@ class SqueezeNet(SequentialBackbone):
             unpadded conv1 and ceil-mode pools (111/55/27/13 maps at 224). Both
             have the same weights; use ``"caffe"`` for torchvision-identical logits.
         output_stride: 16 only (the network's native stride).
+        taps: per stride, ``"deepest"`` (default) or ``"first"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`).
         dropout: dropout before conv10 in the classifier head (§3.3: 50%).
     """
 
     supported_output_strides = (16,)
+    supported_taps = ("deepest", "first")
+    options = ("padding", "dropout")  # version: one factory each
     size_divisor = 16
 
     def __init__(self, version: str = "1_1", padding: str = "same", output_stride: int = 16,
-                 dropout: float = 0.5) -> None:
+                 taps: Mapping[int, str] | None = None, dropout: float = 0.5) -> None:
         super().__init__()
         if version not in SPECS:
             raise ValueError(f"SqueezeNet version must be one of {tuple(SPECS)}, got {version!r}")
@@ -138,7 +143,7 @@ class SqueezeNet(SequentialBackbone):
             strides.append(stride)
             channels.append(in_ch)
         self.features = nn.Sequential(*layers)
-        self._init_taps(strides, channels)
+        self._init_taps(strides, channels, taps)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight)
@@ -166,11 +171,13 @@ class ClassifierHead(nn.Module):
         return self.classifier(x).flatten(1)
 
 
-@register_backbone("squeezenet1_0", paper="arXiv:1602.07360", torchvision="squeezenet1_0")
+@register_backbone("squeezenet1_0", paper="arXiv:1602.07360", torchvision="squeezenet1_0",
+                   family=SqueezeNet)
 def squeezenet1_0(**kwargs) -> SqueezeNet:
     return SqueezeNet("1_0", **kwargs)
 
 
-@register_backbone("squeezenet1_1", paper="arXiv:1602.07360", torchvision="squeezenet1_1")
+@register_backbone("squeezenet1_1", paper="arXiv:1602.07360", torchvision="squeezenet1_1",
+                   family=SqueezeNet)
 def squeezenet1_1(**kwargs) -> SqueezeNet:
     return SqueezeNet("1_1", **kwargs)

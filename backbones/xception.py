@@ -13,6 +13,7 @@ model (Cadene / timm ``legacy_xception``: ``conv1``, ``bn1``, ``block1``-``block
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from torch import Tensor, nn
 
@@ -106,11 +107,16 @@ class Xception(SequentialBackbone):
         padding: ``"same"`` (default) pads the 3x3 stem convs so every map is exactly
             input/stride; ``"valid"`` is the Keras reference (unpadded stem, 299 -> 147),
             for logits identical to Keras-ported checkpoints (timm ``legacy_xception``).
+        taps: per stride, ``"deepest"`` (default) or ``"first"`` (see
+            :class:`~mobiledense.backbones.SequentialBackbone`).
     """
 
     supported_output_strides = (8, 16, 32)
+    supported_taps = ("deepest", "first")
+    options = ("padding",)
 
-    def __init__(self, output_stride: int = 32, padding: str = "same") -> None:
+    def __init__(self, output_stride: int = 32, padding: str = "same",
+                 taps: Mapping[int, str] | None = None) -> None:
         super().__init__()
         check_output_stride("xception", output_stride, self.supported_output_strides)
         if padding not in ("same", "valid"):
@@ -142,7 +148,7 @@ class Xception(SequentialBackbone):
             strides += [strides[-1]] * 3
             channels += [out] * 3
             ch = out
-        self._init_taps(strides, channels)
+        self._init_taps(strides, channels, taps)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -168,6 +174,6 @@ class ClassifierHead(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-@register_backbone("xception", paper="arXiv:1610.02357")
+@register_backbone("xception", paper="arXiv:1610.02357", family=Xception)
 def xception(**kwargs) -> Xception:
     return Xception(**kwargs)

@@ -353,7 +353,7 @@ PRESETS = ("ssd", "ssdlite", "none")
 
 def build_det_transforms(
     preset: str,
-    size: int | None,
+    size: int | Sequence[int] | None,
     train: bool,
     *,
     mean: Sequence[float] = MEAN_RGB,
@@ -365,7 +365,7 @@ def build_det_transforms(
 
     Args:
         preset: ``"ssd"``, ``"ssdlite"`` or ``"none"``.
-        size: output side (square resize) for training; None keeps the augmented size.
+        size: output size for training, a side (square) or (h, w); None keeps the augmented size.
         train: training augmentation; otherwise identity (or resize with ``eval_resize``).
         mean: zoom-out canvas fill (RGB, 0-255).
         hflip_prob: horizontal flip probability.
@@ -375,7 +375,8 @@ def build_det_transforms(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown detection preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    resize = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)] if size else []
+    h, w = (size, size) if isinstance(size, int) else tuple(size) if size else (0, 0)
+    resize = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR)] if size else []
     if not train:
         return DetectionTransform(resize if eval_resize else [], min_box_size)
     if preset == "ssd":

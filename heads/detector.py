@@ -1,152 +1,51 @@
 """SSDLite detector: the SSD meta-architecture around any registered backbone.
 
 Howard et al., "Searching for MobileNetV3", arXiv 1905.02244, §6.3 and Table 6:
-SSDLite on C4 (the expansion layer of the last stride-16 block, ``tap="expansion"``)
-and C5 (the last 1x1 conv), plus 4 extra layers, 320x320 input. The wrapper owns the
-transform (resize + normalise), default boxes, box coder, matcher, loss and
-post-processing; the head (:mod:`mobiledense.heads.ssdlite`) only predicts. The API
-and numbers are torchvision's ``SSD`` / ``ssdlite320_mobilenet_v3_large``
+SSDLite on C4 (the expansion layer of the last stride-16 block, ``taps={16: "expansion"}``)
+and C5 (the last 1x1 conv), plus 4 extra layers, 320x320 input. As torchvision's
+``SSD(backbone, anchor_generator, size, num_classes, head=...)``, :class:`SSDLite` takes
+its parts (backbone, extra layers, default boxes, head: :func:`~mobiledense.heads.ssdlite.ssdlite_parts`
+makes them) and owns the transform (resize + normalise), box coder, matcher, loss and
+post-processing (:mod:`~mobiledense.heads.postprocess`); the head only predicts. The API
+and numbers are torchvision's ``ssdlite320_mobilenet_v3_large``
 (``tests/heads/test_torchvision_equivalence.py``).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import box_iou, clip_boxes_to_image, nms
+from torchvision.ops import box_iou, clip_boxes_to_image
 
-from mobiledense.backbones import Backbone, count_madds, create_backbone, list_backbones, load_state_dict_file
+from mobiledense.backbones import Backbone, BackboneEntry, count_madds, create_backbone, get_backbone_entry
 
 from .anchors import DefaultBoxes
 from .box_coder import BoxCoder
+from .convert import ssdlite_weights
 from .losses import focal_multibox_loss, multibox_loss
 from .matcher import SSDMatcher
-from .ssdlite import BatchNorm, SSDLiteHead, extra_blocks, normal_init
+from .postprocess import select_detections
+from .registry import backbone_kwargs, build_model_spec, create_model, register_head
+from .spec import ModelSpec, SSDLiteSpec
+from .ssdlite import (
+    FOCAL_PRIOR_BIAS,
+    BatchNorm,
+    SSDLiteHead,
+    extra_channels,
+    feature_strides,
+    normal_init,
+    ssdlite_parts,
+)
 
-__all__ = [
-    "SSDLite",
-    "select_detections",
-    "batched_nms_topn",
-    "create_detector",
-    "list_detectors",
-    "get_detector_factory",
-    "build_ssdlite",
-    "ssdlite320_mobilenet_v3_large",
-    "ssdlite_mobilenet_v3_small",
-    "ssdlite_mobilenet_v2",
-    "from_torchvision_ssdlite",
-    "detector_madds",
-]
+__all__ = ["SSDLite", "build_ssdlite", "build_ssdlite_model", "create_detector", "detector_madds"]
 
 Images = Sequence[Tensor] | Tensor
 Targets = Sequence[dict[str, Tensor]]
-
-
-def select_detections(
-    boxes: Tensor, scores: Tensor, score_thresh: float, topk_candidates: int, nms_thresh: float,
-    detections_per_img: int,
-) -> dict[str, Tensor]:
-    """torchvision's SSD post-processing of one image, without a loop over classes.
-
-    Per class (column ``j`` of ``scores`` is label ``j + 1``): keep scores above
-    ``score_thresh``, then the ``topk_candidates`` best; then class-wise NMS and the
-    ``detections_per_img`` best overall, by decreasing score: the detections of
-    torchvision's ``SSD.postprocess_detections``.
-
-    Only the best candidates can reach the output, so when there are many (an untrained
-    network puts nearly every (anchor, class) pair above 0.001) the work is done on a
-    prefix: the ``m`` best scores of the image (one ``topk``), ranked within their class
-    to apply the per-class top-k (exact: every better candidate of the same class is in
-    the prefix), then NMS (:func:`batched_nms_topn`). NMS keeps or drops a box by looking
-    only at better boxes, so once the prefix yields ``detections_per_img`` survivors, or
-    holds every candidate that passes the per-class top-k, the rest cannot change the
-    output; otherwise ``m`` grows 4x.
-
-    Args:
-        boxes: (A, 4) decoded xyxy boxes. scores: (A, K) foreground class scores.
-    """
-    num_classes = scores.shape[1]
-    above = scores > score_thresh
-    per_class = above.sum(0)
-    num_above = int(per_class.sum())
-    k = min(topk_candidates, scores.shape[0])
-    if k <= 0 or num_above == 0 or detections_per_img <= 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=scores.device)
-        return {"boxes": boxes.new_zeros((0, 4)), "scores": scores.new_zeros(0), "labels": empty}
-    num_valid = int(per_class.clamp(max=k).sum())  # candidates that pass the per-class top-k
-    m = num_above if num_above <= 64 * detections_per_img else 4 * detections_per_img
-    while True:
-        cand, anchor_idx, cls_idx = _best_candidates(scores, above, m, num_above)
-        by_class = cls_idx.argsort(stable=True)  # grouped by class, best first
-        counts = torch.bincount(cls_idx, minlength=num_classes)
-        rank = torch.empty_like(cls_idx)
-        rank[by_class] = torch.arange(m, device=cls_idx.device) - (counts.cumsum(0) - counts)[cls_idx[by_class]]
-        ok = rank < k
-        sel_boxes, sel_scores, labels = boxes[anchor_idx[ok]], cand[ok], cls_idx[ok] + 1
-        keep = batched_nms_topn(sel_boxes, sel_scores, labels, nms_thresh, detections_per_img)
-        if len(keep) >= detections_per_img or m == num_above or len(sel_scores) == num_valid:
-            return {"boxes": sel_boxes[keep], "scores": sel_scores[keep], "labels": labels[keep]}
-        m = num_above if 8 * m >= num_above else 4 * m
-
-
-def _best_candidates(scores: Tensor, above: Tensor, m: int, num_above: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(score, anchor, class) of the ``m`` best entries of ``scores`` above the threshold, best first."""
-    if m < num_above:
-        cand, idx = scores.reshape(-1).topk(m)
-        return cand, idx // scores.shape[1], idx % scores.shape[1]
-    anchor_idx, cls_idx = torch.nonzero(above, as_tuple=True)
-    cand = scores[anchor_idx, cls_idx]
-    order = cand.argsort(descending=True, stable=True)
-    return cand[order], anchor_idx[order], cls_idx[order]
-
-
-def batched_nms_topn(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float, max_keep: int) -> Tensor:
-    """``torchvision.ops.batched_nms(boxes, scores, labels, iou_thresh)[:max_keep]`` for sorted input.
-
-    ``scores`` must be sorted in decreasing order. Greedy NMS keeps or drops a box by
-    looking only at higher-scored boxes, so NMS on a prefix of the candidates decides
-    that prefix exactly as NMS on all of them would; once a prefix yields ``max_keep``
-    survivors the rest cannot enter the output. The prefix starts at ``4 * max_keep``
-    and grows 4x until it does (or covers everything). Classes are kept apart with
-    per-class coordinate offsets computed in float64, where they are exact (float32
-    offsets, as in ``batched_nms``'s own trick, round box sides by up to ~1e-3 px).
-    """
-    n = len(boxes)
-    if n == 0 or max_keep <= 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    b = boxes.double()
-    b = b - b.min()
-    b = b + (labels.double() * (b.max() + 1.0))[:, None]
-    s = scores.double()
-    m = min(n, 4 * max_keep)
-    while True:
-        keep = nms(b[:m], s[:m], iou_thresh)
-        if len(keep) >= max_keep or m == n:
-            return keep[:max_keep]
-        m = min(n, 4 * m)
-
-
-def _feature_strides(backbone: Backbone) -> tuple[int, int]:
-    """(C4, C5) strides: the backbone's deepest stride and half of it."""
-    name = type(backbone).__name__
-    channels = getattr(backbone, "channels", None)
-    if not channels:
-        raise ValueError(f"SSDLite needs a Backbone with declared channels; {name} has none")
-    native = max(getattr(backbone, "supported_output_strides", (backbone.output_stride,)))
-    if backbone.output_stride != native:
-        raise ValueError(f"SSDLite needs an undilated backbone: build {name} with output_stride={native} "
-                         f"(got output_stride={backbone.output_stride})")
-    c5 = max(channels)
-    if c5 // 2 not in channels:
-        raise ValueError(
-            f"SSDLite reads strides {c5 // 2} and {c5}, but {name}.channels has {sorted(channels)}")
-    return c5 // 2, c5
 
 
 class SSDLite(nn.Module):
@@ -161,46 +60,39 @@ class SSDLite(nn.Module):
         backbone: an undilated :class:`~mobiledense.backbones.Backbone`; its two deepest
             features are the first two levels (``strides``): ``feats[16]`` and ``feats[32]``,
             or ``feats[8]`` and ``feats[16]`` for a stride-16 network such as SqueezeNet
-            (SSD's own VGG layout, conv4_3 and fc7). Channels come from ``backbone.channels``.
+            (SSD's own VGG layout, conv4_3 and fc7).
+        extra: the extra layers, applied in turn from the deepest feature (one level each).
+        anchor_generator: :class:`DefaultBoxes` with one level per feature map.
+        head: :class:`SSDLiteHead` over the same levels, channels and boxes per location.
         num_classes: classes including the background (91 for COCO as torchvision).
         size: input size, int or (h, w); images are resized to it (320 in the paper).
-        width_mult / min_depth: extra-layer depths ``max(min_depth, d * width_mult)``.
-        norm_layer: BN of the head and extra layers (eps 1e-3, momentum 0.03).
         image_mean / image_std: normalisation; 0.5 maps [0, 1] to [-1, 1] as torchvision.
         score_thresh / topk_candidates / nms_thresh / detections_per_img: post-processing
             (see :func:`select_detections`), torchvision's ssdlite defaults.
         iou_thresh: matcher threshold. neg_to_pos_ratio: hard-negative mining ratio (3:1).
         loss: ``"multibox"`` (softmax CE + hard negatives, the paper's) or ``"focal"``
-            (sigmoid focal loss; scores then use sigmoid and the class bias starts at the
-            RetinaNet prior). focal_alpha / focal_gamma: its parameters.
-        reduce_boxes_in_lowest_layer / min_ratio / max_ratio: default boxes (see DefaultBoxes).
+            (sigmoid focal loss; scores then use sigmoid; build the head with
+            ``cls_bias=FOCAL_PRIOR_BIAS``). focal_alpha / focal_gamma: its parameters.
+
+    Use :func:`build_ssdlite` (or :func:`create_detector`) to build one from a registry name.
     """
 
     def __init__(
-        self, backbone: Backbone, num_classes: int, size: int | tuple[int, int] = 320, *,
-        width_mult: float = 1.0, min_depth: int = 16, norm_layer: Callable[..., nn.Module] = BatchNorm,
+        self, backbone: Backbone, extra: nn.ModuleList, anchor_generator: DefaultBoxes, head: SSDLiteHead,
+        num_classes: int, size: int | tuple[int, int] = 320, *,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
         score_thresh: float = 0.001, nms_thresh: float = 0.55, detections_per_img: int = 300,
         topk_candidates: int = 300, iou_thresh: float = 0.5, neg_to_pos_ratio: float = 3.0,
         loss: Literal["multibox", "focal"] = "multibox", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-        min_ratio: float = 0.2, max_ratio: float = 0.95, reduce_boxes_in_lowest_layer: bool = False,
     ) -> None:
         super().__init__()
-        self.strides = _feature_strides(backbone)
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
         if loss not in ("multibox", "focal"):
             raise ValueError(f"loss must be 'multibox' or 'focal', got {loss!r}")
-        self.backbone = backbone
-        c4, c5 = self.strides
-        self.extra = extra_blocks(backbone.channels[c5], width_mult, min_depth, norm_layer)
-        self.anchor_generator = DefaultBoxes(((2, 3),) * (2 + len(self.extra)), min_ratio, max_ratio,
-                                             reduce_boxes_in_lowest_layer=reduce_boxes_in_lowest_layer)
-        in_channels = [backbone.channels[c4], backbone.channels[c5]]
-        in_channels += [block[-1].out_channels for block in self.extra]
-        prior = -math.log((1 - 0.01) / 0.01) if loss == "focal" else 0.0
-        self.head = SSDLiteHead(in_channels, self.anchor_generator.num_anchors_per_location(), num_classes,
-                                norm_layer, cls_bias=prior)
+        self.strides = feature_strides(backbone)
+        _check_parts(backbone, self.strides, extra, anchor_generator, head, num_classes)
+        self.backbone, self.extra, self.anchor_generator, self.head = backbone, extra, anchor_generator, head
         self.box_coder, self.matcher = BoxCoder((10.0, 10.0, 5.0, 5.0)), SSDMatcher(iou_thresh)
         self.num_classes, self.size = num_classes, (size, size) if isinstance(size, int) else tuple(size)
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32), persistent=False)
@@ -391,161 +283,70 @@ class SSDLite(nn.Module):
                                  "finite xyxy with x2 > x1 and y2 > y1")
 
 
+def _check_parts(backbone: Backbone, strides: tuple[int, int], extra: nn.ModuleList,
+                 anchors: DefaultBoxes, head: SSDLiteHead, num_classes: int) -> None:
+    """The head and default boxes must cover exactly the feature maps: same levels, channels, boxes."""
+    in_channels = [backbone.channels[s] for s in strides] + extra_channels(extra)
+    if anchors.num_levels != len(in_channels):
+        raise ValueError(f"anchor_generator has {anchors.num_levels} levels but there are {len(in_channels)} "
+                         f"feature maps (2 backbone levels + {len(extra)} extra layers)")
+    if head.num_anchors != anchors.num_anchors_per_location():
+        raise ValueError(f"head predicts {head.num_anchors} boxes per location but anchor_generator has "
+                         f"{anchors.num_anchors_per_location()}")
+    if head.in_channels != in_channels:
+        raise ValueError(f"head expects {head.in_channels} channels but the feature maps have {in_channels}")
+    if head.num_classes != num_classes:
+        raise ValueError(f"head predicts {head.num_classes} classes but num_classes={num_classes}")
+
+
 # ---------------------------------------------------------------------- factories
-#: Backbone options SSDLite asks every family for; a family whose factory refuses one
-#: (TypeError naming it, e.g. MobileNetV1 has no ``tap``) is built without it.
-SSDLITE_BACKBONE_OPTIONS: dict[str, Any] = {"tap": "expansion", "norm_layer": BatchNorm}
+def _ssdlite_defaults(spec: ModelSpec, entry: BackboneEntry) -> tuple[int, dict[int, str]]:
+    """Undilated, C4 = the expansion of the block that reaches the deepest stride (§6.3), where declared."""
+    native = max(entry.output_strides)
+    return native, ({native // 2: "expansion"} if "expansion" in entry.taps else {})
 
 
-def _ssdlite_backbone(name: str, weights: str | Path | None, kwargs: Mapping[str, Any]) -> Backbone:
-    kw = {**SSDLITE_BACKBONE_OPTIONS, **kwargs}
-    while True:
-        try:
-            return create_backbone(name, weights=weights, **kw)
-        except TypeError as e:
-            refused = [k for k in SSDLITE_BACKBONE_OPTIONS
-                       if k in kw and k not in kwargs and f"'{k}'" in str(e)]
-            if not refused:
-                raise
-            del kw[refused[0]]
+@register_head("ssdlite", task="det", spec=SSDLiteSpec, backbone_defaults=_ssdlite_defaults, convert=ssdlite_weights)
+def build_ssdlite_model(spec: ModelSpec, weights_backbone: str | Path | None = None) -> SSDLite:
+    """SSDLite of a resolved spec (use :func:`~mobiledense.heads.create_model`, which resolves it).
 
-
-def build_ssdlite(
-    backbone: str, num_classes: int = 91, *, width_mult: float = 1.0, weights: str | Path | None = None,
-    weights_backbone: str | Path | None = None, backbone_kwargs: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> SSDLite:
-    """SSDLite on a registered backbone (see ``mobiledense.backbones.list_backbones()``).
-
-    The backbone is built with ``tap="expansion"`` (C4 = expansion layer, §6.3) and
-    BN(eps 1e-3, momentum 0.03) where its family offers them. Without
-    ``weights_backbone`` its convs get torchvision's N(0, 0.03) init, as
-    ``ssdlite320_mobilenet_v3_large(weights_backbone=None)`` does.
-
-    Args:
-        backbone: backbone registry name.
-        num_classes: classes including background.
-        width_mult: width of the backbone (passed when != 1) and of the extra layers
-            (TF Object Detection API's ``depth_multiplier``; torchvision keeps extras at 1.0).
-        weights: local state_dict of the whole detector (ours, or torchvision's
-            ssdlite layout, converted by :func:`from_torchvision_ssdlite`).
-        weights_backbone: local backbone / classifier state_dict.
-        backbone_kwargs: more backbone options (``reduced_tail``, ...).
-        **kwargs: :class:`SSDLite` options (``size``, ``score_thresh``, ``loss``, ...).
+    The backbone gets BN(eps 1e-3, momentum 0.03) where its family takes ``norm_layer``, as
+    torchvision's ssdlite; without ``weights_backbone`` its convs get torchvision's N(0, 0.03)
+    init, as ``ssdlite320_mobilenet_v3_large(weights_backbone=None)`` does. The extra layers
+    follow the backbone's width (TF Object Detection API's ``depth_multiplier``).
     """
-    bkw = dict(backbone_kwargs or {})
-    if width_mult != 1.0:
-        bkw["width_mult"] = width_mult
-    body = _ssdlite_backbone(backbone, weights_backbone, bkw)
+    h, b = spec.head, spec.backbone
+    kwargs = backbone_kwargs(b)
+    if "norm_layer" in get_backbone_entry(b.name).options:
+        kwargs["norm_layer"] = BatchNorm
+    body = create_backbone(b.name, weights=weights_backbone, **kwargs)
     if weights_backbone is None:
         normal_init(body)
-    model = SSDLite(body, num_classes, width_mult=width_mult, **kwargs)
-    if weights is not None:
-        sd = load_state_dict_file(weights)
-        model.load_state_dict(from_torchvision_ssdlite(sd) if any(k.startswith("backbone.extra.") for k in sd)
-                              else sd)
-    return model
+    parts = ssdlite_parts(body, spec.num_classes, width_mult=b.width_mult, min_depth=h.min_depth,
+                          min_ratio=h.min_ratio, max_ratio=h.max_ratio,
+                          reduce_boxes_in_lowest_layer=h.reduce_boxes_in_lowest_layer,
+                          cls_bias=FOCAL_PRIOR_BIAS if h.loss == "focal" else 0.0)
+    return SSDLite(body, *parts, spec.num_classes, h.size, image_mean=h.image_mean, image_std=h.image_std,
+                   score_thresh=h.score_thresh, nms_thresh=h.nms_thresh, detections_per_img=h.detections_per_img,
+                   topk_candidates=h.topk_candidates, iou_thresh=h.iou_thresh, neg_to_pos_ratio=h.neg_to_pos_ratio,
+                   loss=h.loss, focal_alpha=h.focal_alpha, focal_gamma=h.focal_gamma)
 
 
-def ssdlite320_mobilenet_v3_large(num_classes: int = 91, reduced_tail: bool = False, width_mult: float = 1.0,
-                                  **kwargs: Any) -> SSDLite:
-    """Paper Table 6 "V3" (``reduced_tail=True``: "V3 dagger", torchvision's random-backbone default)."""
-    backbone_kwargs = {"reduced_tail": reduced_tail, **kwargs.pop("backbone_kwargs", {})}
-    return build_ssdlite("mobilenet_v3_large", num_classes, width_mult=width_mult,
-                         backbone_kwargs=backbone_kwargs, **kwargs)
+def build_ssdlite(backbone: str, num_classes: int = 91, *, weights: str | Path | None = None,
+                  weights_backbone: str | Path | None = None, **options: Any) -> SSDLite:
+    """SSDLite on a registered backbone, e.g. ``build_ssdlite("mobilenet_v2", 81, size=512)``.
 
-
-def ssdlite_mobilenet_v3_small(num_classes: int = 91, reduced_tail: bool = False, width_mult: float = 1.0,
-                               **kwargs: Any) -> SSDLite:
-    """Paper Table 6 "V3-Small" rows."""
-    backbone_kwargs = {"reduced_tail": reduced_tail, **kwargs.pop("backbone_kwargs", {})}
-    return build_ssdlite("mobilenet_v3_small", num_classes, width_mult=width_mult,
-                         backbone_kwargs=backbone_kwargs, **kwargs)
-
-
-def ssdlite_mobilenet_v2(num_classes: int = 91, width_mult: float = 1.0, **kwargs: Any) -> SSDLite:
-    """MobileNetV2 + SSDLite (MobileNetV2 paper §6.2, Table 6 "V2" row of MobileNetV3)."""
-    return build_ssdlite("mobilenet_v2", num_classes, width_mult=width_mult, **kwargs)
-
-
-_NAMED: dict[str, Callable[..., SSDLite]] = {
-    "ssdlite320_mobilenet_v3_large": ssdlite320_mobilenet_v3_large,
-    "ssdlite_mobilenet_v3_large": ssdlite320_mobilenet_v3_large,
-    "ssdlite_mobilenet_v3_small": ssdlite_mobilenet_v3_small,
-    "ssdlite_mobilenet_v2": ssdlite_mobilenet_v2,
-}
-
-
-def list_detectors() -> list[str]:
-    """``ssdlite320_mobilenet_v3_large`` and ``ssdlite_<backbone>`` for every registered backbone."""
-    return sorted({"ssdlite320_mobilenet_v3_large"} | {f"ssdlite_{b}" for b in list_backbones()})
-
-
-def get_detector_factory(name: str) -> Callable[..., SSDLite]:
-    """The factory of a detector name; the KeyError lists the valid names."""
-    if name not in list_detectors():
-        raise KeyError(f"unknown detector {name!r}; valid names: {', '.join(list_detectors())}")
-    if name in _NAMED:
-        return _NAMED[name]
-    backbone = name[len("ssdlite_"):]
-
-    def factory(num_classes: int = 91, **kwargs: Any) -> SSDLite:
-        return build_ssdlite(backbone, num_classes, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"SSDLite on the registered backbone {backbone!r} (see :func:`build_ssdlite`)."
-    return factory
+    ``options`` are spec options (:func:`~mobiledense.heads.build_model_spec`): backbone ones
+    (``width_mult``, ``reduced_tail`` ...) and :class:`~mobiledense.heads.spec.SSDLiteSpec`
+    fields (``size``, ``loss``, ``score_thresh`` ...).
+    """
+    spec = build_model_spec("det", "ssdlite", backbone, num_classes, **options)
+    return create_model(spec, weights=weights, weights_backbone=weights_backbone)
 
 
 def create_detector(name: str, num_classes: int = 91, **kwargs: Any) -> SSDLite:
-    """Build a detector by name, e.g. ``create_detector("ssdlite_mobilenet_v2", num_classes=81)``."""
-    return get_detector_factory(name)(num_classes, **kwargs)
-
-
-def __getattr__(name: str) -> Callable[..., SSDLite]:
-    """``ssdlite_<backbone>`` factories for every registered backbone (PEP 562)."""
-    if name.startswith("ssdlite_") and name in list_detectors():
-        return get_detector_factory(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------------- torchvision
-def from_torchvision_ssdlite(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map a torchvision ``ssdlite320_mobilenet_v3_large`` state_dict onto our keys.
-
-    torchvision splits its MobileNetV3 at C4 (``c4``, the last strided block):
-    ``backbone.features.0 = features[:c4] + features[c4].block[0]`` (up to the
-    expansion) and ``backbone.features.1 = features[c4].block[1:] + features[c4+1:]``.
-    Ours keeps ``features`` whole and taps the expansion inside the block, so
-
-    * ``backbone.features.0.{i}.*`` (i < c4) -> ``backbone.features.{i}.*``
-    * ``backbone.features.0.{c4}.*`` -> ``backbone.features.{c4}.block.0.*``
-    * ``backbone.features.1.0.{j}.*`` -> ``backbone.features.{c4}.block.{j}.*`` (a sliced
-      ``nn.Sequential`` keeps its keys, so ``j`` starts at 1)
-    * ``backbone.features.1.{k}.*`` (k >= 1) -> ``backbone.features.{c4+k}.*``
-    * ``backbone.extra.*`` -> ``extra.*``; ``head.*`` is unchanged.
-
-    ``c4`` is read from the keys (the last index under ``backbone.features.0``).
-    """
-    first = [k.split(".") for k in sd if k.startswith("backbone.features.0.")]
-    if not first:
-        raise ValueError("not a torchvision SSDLite state_dict: no 'backbone.features.0.*' keys")
-    c4 = max(int(p[3]) for p in first)
-    out = {}
-    for key, value in sd.items():
-        p = key.split(".")
-        if key.startswith("backbone.features.0."):
-            i, rest = int(p[3]), p[4:]
-            new = [str(i)] + rest if i < c4 else [str(c4), "block", "0"] + rest
-            key = ".".join(["backbone", "features"] + new)
-        elif key.startswith("backbone.features.1."):
-            k, rest = int(p[3]), p[4:]
-            new = [str(c4), "block"] + rest if k == 0 else [str(c4 + k)] + rest
-            key = ".".join(["backbone", "features"] + new)
-        elif key.startswith("backbone.extra."):
-            key = key[len("backbone."):]
-        out[key] = value
-    return out
+    """Build a registered detector, e.g. ``create_detector("ssdlite_mobilenet_v2", num_classes=81)``."""
+    return create_model(name, task="det", num_classes=num_classes, **kwargs)
 
 
 class _HeadOutputs(nn.Module):

@@ -41,7 +41,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["FusedConv2d", "InferenceOnlyError", "NATIVE_1X1_MAX_NUMEL", "ONEDNN_1X1_MIN_MACS",
            "PACKED_SHAPES_KEPT", "collapse_sequentials", "example_inputs_for", "fold_batchnorm",
-           "fuse_conv_activations", "onednn_available", "optimize_for_inference"]
+           "fuse_conv_activations", "inference_model", "onednn_available", "optimize_for_inference"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -344,3 +344,16 @@ def optimize_for_inference(
     fast.register_forward_pre_hook(_refuse_training)  # a module-level function: the model still pickles
     fast.optimized_for_inference = True
     return fast
+
+
+def inference_model(model: nn.Module, device: torch.device | str = "cpu", eager: bool = False) -> nn.Module:
+    """``model`` in eval mode on ``device``; on CPU its :func:`optimize_for_inference` copy unless ``eager``.
+
+    What ``eval``/``predict`` run and what training evaluates, so both give the same numbers.
+    On CUDA the model runs as built: the fused kernels are CPU ones (oneDNN).
+    """
+    device = torch.device(device)
+    model = model.eval().to(device)
+    if eager or device.type != "cpu":
+        return model
+    return optimize_for_inference(model)

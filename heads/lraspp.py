@@ -3,43 +3,28 @@
 Howard et al., "Searching for MobileNetV3", ICCV 2019, arXiv 1905.02244, §6.4 and
 Fig. 10. Module names follow torchvision's ``LRASPPHead`` (``cbr``, ``scale``,
 ``low_classifier``, ``high_classifier``), so its checkpoints load through
-:func:`lraspp_from_torchvision`.
+:func:`~mobiledense.heads.convert.lraspp_from_torchvision`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobiledense.backbones import BACKBONES, Backbone, create_backbone, list_backbones, load_state_dict_file
+from mobiledense.backbones import Backbone, BackboneEntry, create_backbone
 
+from .convert import lraspp_weights
+from .registry import backbone_kwargs, build_model_spec, create_model, register_head
 from .segmenter import Segmenter
+from .spec import PAPER_POOL_STRIDE, PAPER_TRAIN_CROP, LRASPPSpec, ModelSpec
 
-__all__ = [
-    "LRASPPHead",
-    "LargeKernelAvgPool",
-    "PAPER_TRAIN_CROP",
-    "PAPER_POOL_STRIDE",
-    "create_segmenter",
-    "lraspp_from_torchvision",
-    "lraspp_mobilenet_v3_large",
-    "lraspp_mobilenet_v3_small",
-    "list_segmenters",
-    "get_segmenter_factory",
-]
+__all__ = ["LRASPPHead", "LargeKernelAvgPool", "PAPER_TRAIN_CROP", "PAPER_POOL_STRIDE", "build_lraspp_model",
+           "create_segmenter"]
 
 PoolMode = Literal["global", "paper"]
-
-#: Training crop the paper's pooling window spans: Fig. 10's 49x49 kernel on the
-#: stride-16 map is ceil(769 / 16); 769x769 is the ``image_pooling_crop_size`` of
-#: the authors' TF DeepLab Cityscapes recipe for MobileNetV3.
-PAPER_TRAIN_CROP = (769, 769)
-#: Fig. 10's pooling stride (rows, cols), in pixels of the high-level feature map
-#: (1x4 gate cells on a 1024x2048 frame). The TF recipe's ``image_pooling_stride``
-#: is (4, 5): same aspect, 4x denser; pass ``pool_stride=(4, 5)`` to follow it.
-PAPER_POOL_STRIDE = (16, 20)
 
 
 class LargeKernelAvgPool(nn.Module):
@@ -113,120 +98,45 @@ class LRASPPHead(nn.Module):
         return self.low_classifier(low) + self.high_classifier(x)
 
 
-def create_segmenter(
-    backbone: str, num_classes: int = 19, *, inter_channels: int = 128, pool: PoolMode = "global",
-    train_crop: tuple[int, int] = PAPER_TRAIN_CROP, pool_stride: tuple[int, int] = PAPER_POOL_STRIDE,
-    output_stride: int | None = None, low_tap: str = "first", normalize: bool = True,
-    weights: str | None = None, backbone_weights: str | None = None, **backbone_kwargs,
-) -> Segmenter:
-    """LR-ASPP on any registered backbone: low = ``feats[8]``, high = deepest feature.
+def _lraspp_defaults(spec: ModelSpec, entry: BackboneEntry) -> tuple[int, dict[int, str]]:
+    """Output stride 16 (§6.4) where the family declares it, else its native one; the low-branch tap."""
+    output_stride = 16 if 16 in entry.output_strides else max(entry.output_strides)
+    return output_stride, ({8: "first"} if spec.head.low_tap == "first" else {})
 
-    Args:
-        backbone: registry name (``mobiledense.backbones.list_backbones()``).
-        num_classes: output classes (19 Cityscapes trainIds).
-        inter_channels: LR-ASPP width (128, Table 7).
-        pool: ``"global"`` (torchvision) or ``"paper"`` (Fig. 10 large-kernel pooling).
-        train_crop: (H, W) training crop; with ``pool="paper"`` the kernel is
-            ``ceil(train_crop / high_stride)`` = the whole high map of a training crop
-            (49x49 for the default 769x769 at stride 16, as in Fig. 10).
-        pool_stride: stride of that pooling, in high-map pixels ((16, 20), Fig. 10).
-        output_stride: backbone output stride; default 16 (§6.4) where supported, else the
-            backbone's own.
-        low_tap: ``"first"`` reads the low branch from the first stride-8 block, as
-            torchvision does ("C2", so its checkpoints give identical outputs);
-            ``"deepest"`` from the last stride-8 block (the contract's default tap).
-        normalize: ImageNet normalisation inside the model (inputs in [0, 1]).
-        weights: local checkpoint of the whole model (ours, or torchvision's LR-ASPP keys).
-        backbone_weights: local ImageNet checkpoint of the backbone only.
-        **backbone_kwargs: family options (``width_mult``, ``reduced_tail`` ...).
+
+@register_head("lraspp", task="seg", spec=LRASPPSpec, backbone_defaults=_lraspp_defaults, convert=lraspp_weights)
+def build_lraspp_model(spec: ModelSpec, weights_backbone: str | Path | None = None) -> Segmenter:
+    """LR-ASPP of a resolved spec: low = ``feats[8]``, high = the deepest feature.
+
+    ``low_tap="first"`` reads the low branch from the first stride-8 block
+    (``taps={8: "first"}``), as torchvision does ("C2", so its checkpoints give identical
+    outputs); ``"deepest"`` from the last one. With ``pool="paper"`` the pooling kernel is
+    ``ceil(train_crop / high_stride)``: the whole high map of a training crop (49x49 for
+    769x769 at stride 16, Fig. 10).
     """
-    if backbone not in BACKBONES:
-        raise KeyError(f"unknown backbone {backbone!r}; valid names: {', '.join(list_backbones())}")
-    if output_stride is None:
-        probe = create_backbone(backbone, **backbone_kwargs)
-        output_stride = 16 if 16 in probe.supported_output_strides else probe.output_stride
-    net: Backbone = create_backbone(backbone, weights=backbone_weights, output_stride=output_stride,
-                                    **backbone_kwargs)
-    if low_tap not in ("first", "deepest"):
-        raise ValueError(f"low_tap must be 'first' or 'deepest', got {low_tap!r}")
-    if low_tap == "first" and 8 in net.channels:
-        net.tap_first_at((8,))
+    h, b = spec.head, spec.backbone
+    net: Backbone = create_backbone(b.name, weights=weights_backbone, **backbone_kwargs(b))
     low, high = 8, max(net.channels)
     if low not in net.channels or high <= low:
         raise ValueError(
-            f"LR-ASPP reads feats[8] and a deeper feature; backbone {backbone!r} at "
-            f"output_stride={output_stride} returns strides {net.strides} (use output_stride 16 or 32)"
+            f"LR-ASPP reads feats[8] and a deeper feature; backbone {b.name!r} at "
+            f"output_stride={b.output_stride} returns strides {net.strides} (use output_stride 16 or 32)"
         )
-    kernel = (-(-train_crop[0] // high), -(-train_crop[1] // high))
-    head = LRASPPHead(net.channels[low], net.channels[high], num_classes, inter_channels,
-                      low_stride=low, high_stride=high, pool=pool, pool_kernel=kernel,
-                      pool_stride=pool_stride)
-    model = Segmenter(net, head, num_classes, normalize=normalize)
-    if weights is not None:
-        sd = load_state_dict_file(weights)
-        model.load_state_dict(lraspp_from_torchvision(sd) if any(k.startswith("classifier.") for k in sd) else sd)
-    return model
+    kernel = (-(-h.train_crop[0] // high), -(-h.train_crop[1] // high))
+    head = LRASPPHead(net.channels[low], net.channels[high], spec.num_classes, h.inter_channels,
+                      low_stride=low, high_stride=high, pool=h.pool, pool_kernel=kernel, pool_stride=h.pool_stride)
+    return Segmenter(net, head, spec.num_classes, normalize=h.normalize)
 
 
-def lraspp_from_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map torchvision ``LRASPP`` keys to :class:`Segmenter` keys.
+def create_segmenter(backbone: str, num_classes: int = 19, *, weights: str | Path | None = None,
+                     weights_backbone: str | Path | None = None, **options: Any) -> Segmenter:
+    """LR-ASPP on any registered backbone, e.g. ``create_segmenter("shufflenet_v2_x1_0", 19, pool="paper")``.
 
-    torchvision wraps ``mobilenet_v3_large(dilated=True).features`` in an
-    ``IntermediateLayerGetter`` (``backbone.<i>.*``) and names the head
-    ``classifier``; here they are ``backbone.features.<i>.*`` and ``decoder.*``.
+    ``options`` are spec options (:func:`~mobiledense.heads.build_model_spec`): backbone ones
+    (``width_mult``, ``reduced_tail``, ``output_stride`` ...) and
+    :class:`~mobiledense.heads.spec.LRASPPSpec` fields (``pool``, ``train_crop``, ``low_tap`` ...).
+    ``weights``: the whole model (ours, or torchvision's LR-ASPP keys); ``weights_backbone``:
+    a local ImageNet checkpoint of the backbone.
     """
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith("backbone."):
-            out["backbone.features." + k[len("backbone."):]] = v
-        elif k.startswith("classifier."):
-            out["decoder." + k[len("classifier."):]] = v
-        else:
-            raise KeyError(f"unexpected key {k!r} in a torchvision LR-ASPP state_dict (aux heads are not supported)")
-    return out
-
-
-def lraspp_mobilenet_v3_large(num_classes: int = 19, reduced_tail: bool = False, width_mult: float = 1.0,
-                              pool: PoolMode = "global", **kwargs) -> Segmenter:
-    """§6.4's LR-ASPP on MobileNetV3-Large; ``reduced_tail=True`` is Table 7's "RF2"."""
-    return create_segmenter("mobilenet_v3_large", num_classes, reduced_tail=reduced_tail,
-                            width_mult=width_mult, pool=pool, **kwargs)
-
-
-def lraspp_mobilenet_v3_small(num_classes: int = 19, reduced_tail: bool = False, width_mult: float = 1.0,
-                              pool: PoolMode = "global", **kwargs) -> Segmenter:
-    """§6.4's LR-ASPP on MobileNetV3-Small (Table 7, bottom rows)."""
-    return create_segmenter("mobilenet_v3_small", num_classes, reduced_tail=reduced_tail,
-                            width_mult=width_mult, pool=pool, **kwargs)
-
-
-_NAMED = {"lraspp_mobilenet_v3_large": lraspp_mobilenet_v3_large,
-          "lraspp_mobilenet_v3_small": lraspp_mobilenet_v3_small}
-
-
-def list_segmenters() -> list[str]:
-    """``lraspp_<backbone>`` for every registered backbone."""
-    return sorted("lraspp_" + name for name in list_backbones())
-
-
-def get_segmenter_factory(name: str) -> Callable[..., Segmenter]:
-    """The factory of ``lraspp_<backbone>``; the KeyError lists the valid names."""
-    if name not in list_segmenters():
-        raise KeyError(f"unknown segmenter {name!r}; valid names: {', '.join(list_segmenters())}")
-    if name in _NAMED:
-        return _NAMED[name]
-    backbone = name[len("lraspp_"):]
-
-    def factory(num_classes: int = 19, **kwargs: Any) -> Segmenter:
-        return create_segmenter(backbone, num_classes, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"LR-ASPP on the registered backbone {backbone!r} (see :func:`create_segmenter`)."
-    return factory
-
-
-def __getattr__(name: str) -> Callable[..., Segmenter]:
-    """``lraspp_<backbone>`` factories for every registered backbone (PEP 562)."""
-    if name.startswith("lraspp_") and name in list_segmenters():
-        return get_segmenter_factory(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    spec = build_model_spec("seg", "lraspp", backbone, num_classes, **options)
+    return create_model(spec, weights=weights, weights_backbone=weights_backbone)

@@ -16,6 +16,7 @@ smp ignores extra encoder kwargs for non-timm encoders, so family options
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch.encoders as smp_encoders
@@ -24,11 +25,15 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
 from torch import Tensor, nn
 
-from mobiledense.backbones import Backbone, create_backbone, list_backbones
+from mobiledense.backbones import Backbone, create_backbone, get_backbone_entry, list_backbones
 
+from .registry import backbone_kwargs as spec_backbone_kwargs
+from .registry import build_model_spec, create_model
 from .segmenter import Normalize, check_image_batch
+from .spec import ModelSpec
 
-__all__ = ["SMP_PREFIX", "SmpEncoder", "SmpSegmenter", "register_smp_encoders", "create_smp_model"]
+__all__ = ["SMP_PREFIX", "SmpEncoder", "SmpSegmenter", "build_smp_segmenter", "create_smp_model",
+           "register_smp_encoders"]
 
 SMP_PREFIX = "mobiledense-"
 
@@ -81,7 +86,7 @@ class SmpEncoder(nn.Module, EncoderMixin):
         """Rebuild the backbone at ``output_stride`` and keep its weights (dilation adds none)."""
         if output_stride == self._output_stride:
             return
-        supported = self.backbone.supported_output_strides
+        supported = get_backbone_entry(self._name).output_strides
         if output_stride not in supported:
             raise ValueError(f"{SMP_PREFIX}{self._name} supports output_stride in {supported}, "
                              f"got {output_stride}")
@@ -158,32 +163,37 @@ class SmpSegmenter(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
+def build_smp_segmenter(spec: ModelSpec, weights_backbone: str | Path | None = None) -> SmpSegmenter:
+    """``smp.create_model(arch, encoder_name="mobiledense-<backbone>")`` of a resolved spec, in our
+    Segmenter API (use :func:`~mobiledense.heads.create_model`, which resolves it)."""
+    import segmentation_models_pytorch as smp
+
+    h, b = spec.head, spec.backbone
+    kwargs = {k: v for k, v in spec_backbone_kwargs(b).items() if k not in ("output_stride", "taps")}
+    if weights_backbone is not None:
+        kwargs["weights"] = str(weights_backbone)
+    name = _register(b.name, kwargs)
+    model = smp.create_model(h.arch, encoder_name=name, encoder_weights=None, classes=spec.num_classes,
+                             **h.options)
+    return SmpSegmenter(model, spec.num_classes, normalize=h.normalize)
+
+
 def create_smp_model(arch: str, backbone: str, num_classes: int = 19, *, normalize: bool = True,
-                     backbone_weights: str | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                     **smp_kwargs) -> SmpSegmenter:
-    """``smp.create_model(arch, encoder_name="mobiledense-<backbone>")`` in our Segmenter API.
+                     weights_backbone: str | Path | None = None, backbone_kwargs: dict[str, Any] | None = None,
+                     **smp_kwargs: Any) -> SmpSegmenter:
+    """An smp architecture over one of our backbones, e.g. ``create_smp_model("deeplabv3plus", "mobilenet_v2")``.
 
     Args:
         arch: smp architecture (``"deeplabv3plus"``, ``"fpn"``, ``"unet"`` ...).
         backbone: registry name.
         num_classes: output classes.
         normalize: ImageNet normalisation inside (inputs in [0, 1]).
-        backbone_weights: local backbone checkpoint (``create_backbone(weights=...)``).
-        backbone_kwargs: family options (``width_mult``, ``reduced_tail`` ...).
+        weights_backbone: local backbone checkpoint (``create_backbone(weights=...)``).
+        backbone_kwargs: family options (``width_mult``, ``reduced_tail`` ...), checked
+            against the backbone's registry entry before anything is built.
         **smp_kwargs: architecture options (``encoder_depth``, ``encoder_output_stride``,
             ``decoder_channels`` ...).
     """
-    import segmentation_models_pytorch as smp
-
-    if backbone not in list_backbones():
-        raise KeyError(f"unknown backbone {backbone!r}; valid names: {', '.join(list_backbones())}")
-    if smp_kwargs.get("aux_params") is not None:
-        raise ValueError("create_smp_model returns logits only (Segmenter API); for an auxiliary "
-                         "classification head call smp.create_model after register_smp_encoders()")
-    kwargs = dict(backbone_kwargs or {})
-    if backbone_weights is not None:
-        kwargs["weights"] = str(backbone_weights)
-    name = _register(backbone, kwargs)
-    model = smp.create_model(arch, encoder_name=name, encoder_weights=None, classes=num_classes, **smp_kwargs)
-    return SmpSegmenter(model, num_classes, normalize=normalize)
-
+    spec = build_model_spec("seg", arch, backbone, num_classes, normalize=normalize,
+                            backbone_kwargs=backbone_kwargs, **smp_kwargs)
+    return create_model(spec, weights_backbone=weights_backbone)

@@ -1,15 +1,18 @@
-"""SSDLite building blocks: the prediction head and the extra feature layers.
+"""SSDLite building blocks: the prediction head, the extra feature layers, and the parts builder.
 
 SSDLite is SSD with every regular convolution of the prediction layers replaced by
 a separable one (MobileNetV2 paper, arXiv 1801.04381, §6.2); MobileNetV3 (arXiv
 1905.02244, §6.3) attaches it to the expansion layer of the last stride-16 block
 (C4) and to the last 1x1 conv (C5), then adds the extra layers below. Module names
 and initialisation follow torchvision's ``models/detection/ssdlite.py`` so its
-checkpoints map onto ours by prefix (see :func:`~mobiledense.heads.detector.from_torchvision_ssdlite`).
+checkpoints map onto ours by prefix (see :func:`~mobiledense.heads.convert.from_torchvision_ssdlite`).
+:func:`ssdlite_parts` makes the extra layers, default boxes and head from a
+backbone's declared channels, for :class:`~mobiledense.heads.detector.SSDLite`.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Sequence
 
@@ -17,14 +20,22 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+from mobiledense.backbones import Backbone
+
+from .anchors import DefaultBoxes
+
 __all__ = [
     "BatchNorm",
+    "FOCAL_PRIOR_BIAS",
     "prediction_block",
     "extra_block",
     "extra_blocks",
+    "extra_channels",
+    "feature_strides",
     "ScoringHead",
     "SSDLiteHead",
     "normal_init",
+    "ssdlite_parts",
 ]
 
 #: torchvision's ssdlite320_mobilenet_v3_large norm layer (TF Object Detection API numbers).
@@ -32,6 +43,9 @@ BatchNorm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
 
 #: Extra-layer depths before the width multiplier (MobileNetV2 §6.2 / TF ``ssdlite`` configs).
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
+
+#: Initial class bias for focal loss: the foreground prior 0.01 of RetinaNet (arXiv 1708.02002, §4.1).
+FOCAL_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
 
 def prediction_block(in_ch: int, out_ch: int,
@@ -62,6 +76,11 @@ def extra_blocks(
     blocks = nn.ModuleList(extra_block(i, o, norm_layer) for i, o in zip([in_ch] + out[:-1], out))
     normal_init(blocks)
     return blocks
+
+
+def extra_channels(extra: nn.ModuleList) -> list[int]:
+    """Output channels of each extra layer (its last ``Conv2dNormActivation``)."""
+    return [block[-1].out_channels for block in extra]
 
 
 def normal_init(module: nn.Module, std: float = 0.03) -> None:
@@ -117,6 +136,7 @@ class SSDLiteHead(nn.Module):
         super().__init__()
         if len(in_channels) != len(num_anchors):
             raise ValueError(f"{len(in_channels)} feature maps but anchors for {len(num_anchors)} levels")
+        self.in_channels, self.num_anchors, self.num_classes = list(in_channels), list(num_anchors), num_classes
         levels = list(zip(in_channels, num_anchors))
         cls = nn.ModuleList(prediction_block(c, num_classes * b, norm_layer) for c, b in levels)
         reg = nn.ModuleList(prediction_block(c, 4 * b, norm_layer) for c, b in levels)
@@ -132,3 +152,50 @@ class SSDLiteHead(nn.Module):
             "bbox_regression": self.regression_head(features),
             "cls_logits": self.classification_head(features),
         }
+
+
+def feature_strides(backbone: Backbone) -> tuple[int, int]:
+    """(C4, C5) strides: the backbone's deepest stride and half of it; it must be undilated."""
+    name = type(backbone).__name__
+    channels = getattr(backbone, "channels", None)
+    if not channels:
+        raise ValueError(f"SSDLite needs a Backbone with declared channels; {name} has none")
+    native = max(getattr(backbone, "supported_output_strides", (backbone.output_stride,)))
+    if backbone.output_stride != native:
+        raise ValueError(f"SSDLite needs an undilated backbone: build {name} with output_stride={native} "
+                         f"(got output_stride={backbone.output_stride})")
+    c5 = max(channels)
+    if c5 // 2 not in channels:
+        raise ValueError(
+            f"SSDLite reads strides {c5 // 2} and {c5}, but {name}.channels has {sorted(channels)}")
+    return c5 // 2, c5
+
+
+def ssdlite_parts(
+    backbone: Backbone, num_classes: int, *, width_mult: float = 1.0, min_depth: int = 16,
+    norm_layer: Callable[..., nn.Module] = BatchNorm, min_ratio: float = 0.2, max_ratio: float = 0.95,
+    reduce_boxes_in_lowest_layer: bool = False, cls_bias: float = 0.0,
+) -> tuple[nn.ModuleList, DefaultBoxes, SSDLiteHead]:
+    """The extra layers, default boxes and head of SSDLite on ``backbone``, from its declared channels.
+
+    Six levels: C4 and C5 (:func:`feature_strides`), then 4 extra layers; ratios {2, 3}
+    everywhere (MobileNetV2 §6.2, torchvision's ``ssdlite320_mobilenet_v3_large``).
+
+    Args:
+        backbone: an undilated backbone (its ``channels`` are read, nothing is run).
+        num_classes: classes including the background.
+        width_mult / min_depth: extra-layer depths ``max(min_depth, d * width_mult)``.
+        norm_layer: BN of the head and extra layers (eps 1e-3, momentum 0.03).
+        min_ratio / max_ratio / reduce_boxes_in_lowest_layer: :class:`DefaultBoxes` options.
+        cls_bias: initial class bias (:data:`FOCAL_PRIOR_BIAS` for focal loss).
+
+    Returns:
+        ``(extra, anchor_generator, head)``, the arguments of ``SSDLite`` after the backbone.
+    """
+    c4, c5 = feature_strides(backbone)
+    extra = extra_blocks(backbone.channels[c5], width_mult, min_depth, norm_layer)
+    anchors = DefaultBoxes(((2, 3),) * (2 + len(extra)), min_ratio, max_ratio,
+                           reduce_boxes_in_lowest_layer=reduce_boxes_in_lowest_layer)
+    in_channels = [backbone.channels[c4], backbone.channels[c5], *extra_channels(extra)]
+    head = SSDLiteHead(in_channels, anchors.num_anchors_per_location(), num_classes, norm_layer, cls_bias)
+    return extra, anchors, head

@@ -1,8 +1,11 @@
 """``mobiledense eval det``: COCO mAP of a trained detector, with reports.
 
-Writes to ``--output-dir``: ``results.json`` (official COCO results format,
-original category ids), ``metrics.json`` (12 stats + per-class AP),
-``pr_curves.png`` and ``per_class_ap.png``.
+With ``--checkpoint`` everything comes from the checkpoint's run spec: the model, its input
+size and normalisation, the val images and annotations, the label -> category id mapping;
+``--val-images`` / ``--val-ann`` evaluate other data (said in the log), whose categories must
+be the checkpoint's (mapped by name when only the ids differ). Writes to ``--output-dir``:
+``results.json`` (official COCO results format, original category ids), ``metrics.json``
+(12 stats + per-class AP), ``pr_curves.png`` and ``per_class_ap.png``.
 """
 
 from __future__ import annotations
@@ -10,47 +13,45 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
-from .common import add_inference_arguments
+from .common import add_inference_arguments, say_override
 
 log = logging.getLogger("mobiledense.eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("model (a training checkpoint, or --model + --weights)")
-    src.add_argument("--checkpoint", help="mobiledense training checkpoint (e.g. runs/det/checkpoints/last.pt)")
+    src.add_argument("--checkpoint", help="mobiledense training checkpoint (e.g. runs/det/checkpoints/best.pt)")
     src.add_argument("--model", help="detector name, with --weights (a raw state_dict, ours or torchvision's)")
     src.add_argument("--weights", help="local state_dict file for --model")
     src.add_argument("--num-classes", type=int, default=91, help="with --model (default 91, torchvision COCO)")
     src.add_argument("--label-mapping", choices=("contiguous", "category_id"), default="category_id",
                      help="with --model: how its labels map to category ids (torchvision: category_id)")
     src.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
-    parser.add_argument("--val-images", required=True, help="folder of the images")
-    parser.add_argument("--val-ann", required=True, help="COCO-format annotations json")
+    parser.add_argument("--val-images", help="folder of the images (default: the run's val images)")
+    parser.add_argument("--val-ann", help="COCO-format annotations json (default: the run's val json)")
     parser.add_argument("--backend", choices=("auto", "pycocotools", "faster_coco_eval"), default="auto",
                         help="auto = faster-coco-eval when installed (same numbers, faster)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--output-dir", default="runs/det/eval")
+    parser.add_argument("--output-dir", help="default: eval/ beside the checkpoint's run (runs/det/eval)")
     parser.add_argument("--no-progress", action="store_true")
     add_inference_arguments(parser)
 
 
-def load_detector(args: argparse.Namespace) -> tuple[object, dict[int, int] | None]:
-    """The model and its label -> category id mapping (None: the dataset's own)."""
-    from .common import load_trained_model
+def load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and its run spec (None for ``--model`` + ``--weights``)."""
+    from .engine.tasks import load_trained_model, summarize_load_error
 
     if args.checkpoint:
-        model, info = load_trained_model(args.checkpoint, "det", prefer_ema=not args.no_ema)
-        return model, {int(k): int(v) for k, v in info["label_to_category_id"].items()}
+        return load_trained_model(args.checkpoint, "det", prefer_ema=not args.no_ema)
     if not (args.model and args.weights):
-        raise SystemExit("error: give --checkpoint, or --model NAME --weights FILE")
-    from mobiledense.heads import create_detector
-
-    from .common import summarize_load_error
+        raise ValueError("give --checkpoint, or --model NAME --weights FILE")
+    from mobiledense.heads import create_model
 
     try:
-        model = create_detector(args.model, num_classes=args.num_classes, weights=args.weights).eval()
+        model = create_model(args.model, task="det", num_classes=args.num_classes, weights=args.weights).eval()
     except RuntimeError as e:  # load_state_dict: another architecture or another number of classes
         raise ValueError(f"--weights {args.weights} do not fit --model {args.model} with --num-classes "
                          f"{args.num_classes}: {summarize_load_error(e)}. Pass the detector name and the "
@@ -60,29 +61,39 @@ def load_detector(args: argparse.Namespace) -> tuple[object, dict[int, int] | No
 
 def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import CocoDetection
+    from mobiledense.heads.inference import inference_model
 
-    from .common import inference_model, select_device
+    from .common import default_output_dir, select_device
+    from .engine.tasks import DetectionTask, match_categories
     from .evaluation import evaluate_detector
+    from .evaluation.coco import write_coco_results
     from .evaluation.reports import plot_per_class_bars, plot_pr_curves
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model, mapping = load_detector(args)
-    dataset = CocoDetection(args.val_images, args.val_ann,
-                            label_mapping=args.label_mapping if mapping is None else "contiguous")
+    model, spec = load_detector(args)
+    if spec is not None:
+        say_override("--val-images", args.val_images, spec.data.val_images)
+        say_override("--val-ann", args.val_ann, spec.data.val_ann)
+        dataset = DetectionTask(spec).val_set(args.val_images, args.val_ann)
+        if dataset is None:
+            raise ValueError(f"{args.checkpoint}: the run had no val set; pass --val-images and --val-ann")
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.ann_file} lists no images: nothing to evaluate")
+        mapping = match_categories(spec.model, dataset, dataset.ann_file)
+    else:
+        if not args.val_ann:
+            raise ValueError("--model/--weights need --val-ann (and --val-images)")
+        dataset = CocoDetection(args.val_images or Path(args.val_ann).parent, args.val_ann,
+                                label_mapping=args.label_mapping)
+        mapping = None
     if len(dataset) == 0:
-        raise ValueError(f"{args.val_ann} lists no images: nothing to evaluate")
-    if mapping is not None:
-        unknown = sorted(set(mapping.values()) - set(dataset.coco.cats))
-        if unknown:
-            raise SystemExit(f"error: the model predicts category ids {unknown} that {args.val_ann} does not define")
+        raise ValueError(f"{dataset.ann_file} lists no images: nothing to evaluate")
     device = select_device(args.device)
     result, detections = evaluate_detector(
         inference_model(model, device, args.eager), dataset, batch_size=args.batch_size, workers=args.workers,
         device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "eval", "runs/det/eval")
     out.mkdir(parents=True, exist_ok=True)
-    from .evaluation.coco import write_coco_results
-
     write_coco_results(detections, out / "results.json")
     result.to_json(out / "metrics.json")
     named = [c for c in result.per_class if c.num_gt > 0]
@@ -92,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                             "AP@[.5:.95] per class")
     else:
         log.warning("%s has no ground-truth boxes: COCO metrics are undefined and no plots are drawn",
-                    args.val_ann)
+                    dataset.ann_file)
     print(result.summary(per_class=True))
     print(f"\nwrote {out}/results.json, metrics.json" + (", pr_curves.png, per_class_ap.png" if named else "")
           + f" ({result.backend}, {result.seconds:.2f} s)")

@@ -26,7 +26,8 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("model (a training checkpoint, or --model [+ --weights])")
     src.add_argument("--checkpoint", help="mobiledense training checkpoint (det or seg)")
-    src.add_argument("--model", help="ssdlite320_mobilenet_v3_large, ssdlite_<backbone> or lraspp_<backbone>")
+    src.add_argument("--model", help="a registered model: ssdlite320_mobilenet_v3_large, ssdlite_<backbone>, "
+                                     "lraspp_<backbone> (mobiledense backbones lists the backbones)")
     src.add_argument("--weights", help="local state_dict for --model (ours or torchvision's); random if absent")
     src.add_argument("--num-classes", type=int, help="with --model (default: 91 detectors, 19 segmenters)")
     parser.add_argument("--output", "-o", required=True, help="the .onnx file to write")
@@ -40,21 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> nn.Module:
+    """The checkpoint's model (rebuilt from its run spec), or a registered model with optional weights."""
     if args.checkpoint:
-        from .common import load_trained_model
+        from .engine.tasks import load_trained_model
 
         return load_trained_model(args.checkpoint, task=None)[0]
     if not args.model:
         raise ValueError("give --checkpoint, or --model NAME (with --weights FILE for trained weights)")
-    if args.model.startswith("ssdlite"):
-        from mobiledense.heads import create_detector
+    from mobiledense.heads import create_model, model_spec
 
-        return create_detector(args.model, num_classes=args.num_classes or 91, weights=args.weights)
-    if args.model.startswith("lraspp_"):
-        from mobiledense.heads.lraspp import get_segmenter_factory
-
-        return get_segmenter_factory(args.model)(args.num_classes or 19, weights=args.weights)
-    raise ValueError(f"--model {args.model!r}: expected a detector (ssdlite...) or a segmenter (lraspp_<backbone>)")
+    task = model_spec(args.model, num_classes=19).task  # the name alone says the task
+    num_classes = args.num_classes or (91 if task == "det" else 19)
+    return create_model(args.model, num_classes=num_classes, weights=args.weights)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--no-ema", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--score-thresh", type=float, default=0.3, help="keep detections above (default 0.3)")
-    parser.add_argument("--output-dir", default="runs/det/predict")
+    parser.add_argument("--output-dir", help="default: predict/ beside the checkpoint's run (runs/det/predict)")
     parser.add_argument("--no-overlay", action="store_true", help="only write predictions.jsonl")
     add_inference_arguments(parser)
 
@@ -65,21 +65,22 @@ def run(args: argparse.Namespace) -> int:
 
     from mobiledense.datasets import read_image_rgb
 
-    from .common import inference_model, list_images, select_device
+    from mobiledense.heads.inference import inference_model
+
+    from .common import default_output_dir, list_images, select_device
     from .eval_det import load_detector
 
+    if not 0 <= args.score_thresh <= 1:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     files = list_images(args.inputs)
-    model, mapping = load_detector(args)
-    names: dict[int, str] = {}
-    if args.checkpoint:
-        from .engine import load_checkpoint
-
-        info = load_checkpoint(args.checkpoint)["run_info"]
-        names = {int(k): str(v) for k, v in info.get("category_names", {}).items()}
+    model, spec = load_detector(args)
+    mapping = spec.model.label_to_category_id() if spec is not None else None
+    names = {i + 1: n for i, n in enumerate(spec.model.class_names)} if spec is not None else {}
     device = select_device(args.device)
     model = inference_model(model, device, args.eager)
     model.score_thresh = min(model.score_thresh, args.score_thresh)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "predict",
+                                                                          "runs/det/predict")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     n_boxes, failed = 0, 0
     with (out / "predictions.jsonl").open("w") as f, torch.inference_mode():

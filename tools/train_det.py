@@ -7,143 +7,92 @@ Examples::
         --train-images coco/train2017 --train-ann coco/annotations/instances_train2017.json \\
         --val-images coco/val2017 --val-ann coco/annotations/instances_val2017.json
     torchrun --nproc-per-node 8 -m mobiledense.tools.cli train det --preset torchvision ...
+
+The run is one :class:`~mobiledense.tools.engine.RunSpec` (model + data + recipe), written to
+``OUTPUT/config.json`` and into every checkpoint: ``mobiledense eval det --checkpoint
+OUTPUT/checkpoints/best.pt`` needs no other flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
-from .common import add_train_config_arguments, cli_overrides
-from .engine import TrainConfig
+from .common import add_spec_arguments, given
+from .engine import CocoDataSpec, TrainConfig
 
 log = logging.getLogger("mobiledense.train")
 
-#: Recipes. "torchvision" is the reference recipe of torchvision's
-#: ssdlite320_mobilenet_v3_large (21.3 mAP): 8 GPUs x 24 images, 660 epochs.
-PRESETS: dict[str, dict[str, Any]] = {
-    "torchvision": dict(
-        train=TrainConfig(epochs=660, batch_size=24, lr=0.15, weight_decay=4e-5, schedule="cosine",
-                          warmup_iters=1000, warmup_factor=1e-3, workers=8),
-        size=320, augment="ssdlite"),
+#: Recipes: (recipe, model options, data options). "torchvision" is the reference recipe of
+#: torchvision's ssdlite320_mobilenet_v3_large (21.3 mAP): 8 GPUs x 24 images, 660 epochs.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "torchvision": {
+        "recipe": dict(epochs=660, batch_size=24, lr=0.15, weight_decay=4e-5, schedule="cosine", warmup_iters=1000,
+                       warmup_factor=1e-3, workers=8),
+        "model": dict(size=320), "data": dict(augment="ssdlite")},
     # A few CPU minutes on the synthetic shapes: the README's first command.
-    "quick": dict(
-        train=TrainConfig(epochs=16, batch_size=16, lr=2e-3, optimizer="adamw", weight_decay=1e-4,
-                          schedule="cosine", warmup_iters=20, warmup_factor=0.1, workers=2, eval_every=8,
-                          bn_momentum=0.1),
-        size=160, augment="ssdlite", synthetic_images=300),
+    "quick": {
+        "recipe": dict(epochs=16, batch_size=16, lr=2e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
+                       warmup_iters=20, warmup_factor=0.1, workers=2, eval_every=8, bn_momentum=0.1),
+        "model": dict(size=160), "data": dict(augment="ssdlite", synthetic_images=300)},
 }
+
+_DATA_FLAGS = ("train_images", "train_ann", "val_images", "val_ann", "synthetic_images", "label_mapping", "augment")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data (default: a synthetic COCO-format set of shapes)")
-    data.add_argument("--train-images", help="folder the train json's file_name entries are relative to")
-    data.add_argument("--train-ann", help="COCO-format train annotations json")
-    data.add_argument("--val-images", help="folder of the val images")
-    data.add_argument("--val-ann", help="COCO-format val annotations json")
-    data.add_argument("--synthetic-images", type=int,
-                      help="images of the synthetic set when no --train-ann is given (preset default)")
-    data.add_argument("--label-mapping", choices=("contiguous", "category_id"), default="contiguous",
-                      help="labels 1..K (default) or raw category ids (torchvision's 91-class COCO)")
+    add_spec_arguments(parser, CocoDataSpec, skip=("format",),
+                       title="data (default: a synthetic COCO-format set of shapes)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="ssdlite320_mobilenet_v3_large",
-                       help="detector name (ssdlite320_mobilenet_v3_large, ssdlite_<backbone>)")
-    model.add_argument("--size", type=int, help="input size (preset default)")
-    model.add_argument("--reduced-tail", action="store_true", help="MobileNetV3 reduced tail (paper §6.3)")
-    model.add_argument("--loss", choices=("multibox", "focal"), default="multibox")
-    model.add_argument("--weights-backbone", help="local ImageNet backbone state_dict")
+                       help="registered detector: ssdlite320_mobilenet_v3_large or ssdlite_<backbone> "
+                            "(mobiledense backbones lists them)")
+    model.add_argument("--size", type=int, help="input side in pixels (preset default)")
+    model.add_argument("--reduced-tail", action="store_true", default=None,
+                       help="MobileNetV3 reduced tail (paper §6.3)")
+    model.add_argument("--width-mult", type=float, help="backbone and extra-layer width (families with a width)")
+    model.add_argument("--loss", choices=("multibox", "focal"), help="multibox (default) or focal")
     run = parser.add_argument_group("run")
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    run.add_argument("--augment", choices=("ssd", "ssdlite", "none"), help="augmentation (preset default)")
     run.add_argument("--output-dir", default="runs/det", help="checkpoints, logs, reports")
     run.add_argument("--resume", default="auto",
                      help="'auto' (newest checkpoint in --output-dir, if any), a path, or 'none'")
+    run.add_argument("--allow-change", nargs="+", default=[], metavar="FIELD",
+                     help="spec fields a resumed run may change (e.g. epochs lr), refused otherwise")
     run.add_argument("--no-progress", action="store_true")
-    add_train_config_arguments(parser)
+    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe")
 
 
-def _datasets(args: argparse.Namespace, size: int, augment: str, out: Path,
-              preset: dict[str, Any]) -> tuple[Any, Any]:
-    from mobiledense.datasets import CocoDetection, build_det_transforms, make_synthetic_coco
+def build_spec(args: argparse.Namespace) -> Any:
+    """The run spec the flags describe: the preset, then every flag given on top of it."""
+    from mobiledense.heads import model_spec
 
-    if args.train_ann is None:
-        if args.train_images or args.val_ann or args.val_images:
-            raise SystemExit("error: --train-images/--val-ann/--val-images need --train-ann")
-        from mobiledense.datasets.io import materialize_once
+    from .engine import RunSpec
 
-        root = out / "synthetic"
-        n_synth = args.synthetic_images or preset.get("synthetic_images", 600)
-        if not root.exists():
-            log.info("writing %d synthetic images to %s", n_synth, root)
-        materialize_once(root, lambda d: make_synthetic_coco(d, num_images=n_synth, seed=0))
-        splits = {s: (root / "images" / s, root / "annotations" / f"instances_{s}.json") for s in ("train", "val")}
-    else:
-        if not args.train_images:
-            raise SystemExit("error: --train-ann needs --train-images (the folder its file_name entries are in)")
-        splits = {"train": (args.train_images, args.train_ann)}
-        if args.val_ann:
-            splits["val"] = (args.val_images or args.train_images, args.val_ann)
-    tf = build_det_transforms(augment, size, train=True)
-    train = CocoDetection(*splits["train"], transforms=tf, label_mapping=args.label_mapping)
-    if len(train) == 0:
-        raise ValueError(f"{train.ann_file} lists no images: nothing to train on")
-    val = CocoDetection(*splits["val"], label_mapping=args.label_mapping) if "val" in splits else None
-    if val is not None and val.label_to_category_id != train.label_to_category_id:
-        raise SystemExit(f"error: train ({train.ann_file}) and val ({val.ann_file}) have different categories")
-    return train, val
+    preset = PRESETS[args.preset]
+    recipe = TrainConfig.parse(**{**preset["recipe"], **given(args, TrainConfig)})
+    data = CocoDataSpec.parse(**{**preset["data"], **{k: v for k, v in vars(args).items()
+                                                           if k in _DATA_FLAGS and v is not None}})
+    options = {**preset["model"], **{k: v for k, v in (("size", args.size), ("reduced_tail", args.reduced_tail),
+                                                         ("width_mult", args.width_mult), ("loss", args.loss))
+                                     if v is not None}}
+    model = model_spec(args.model, task="det", num_classes=2, **options)  # classes: from the training set
+    return RunSpec.parse(model=model, data=data, recipe=recipe)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobiledense.heads import create_detector, get_detector_factory
+    from .engine import is_main_process
+    from .engine.tasks import train
 
-    from .engine import Trainer, configure_logging, is_main_process, seed_everything
-    from .evaluation import evaluate_detector
-
-    configure_logging()
-    preset = PRESETS[args.preset]
-    cfg = cli_overrides(preset["train"], vars(args))
-    cfg.validate()
-    get_detector_factory(args.model)  # an unknown name fails before any data is written
-    seed_everything(cfg.seed)  # the initial weights follow --seed (torch seeds randomly otherwise)
-    size = args.size or preset["size"]
-    out = Path(args.output_dir)
-    train, val = _datasets(args, size, args.augment or preset["augment"], out, preset)
-    model_kwargs: dict[str, Any] = {"size": size, "loss": args.loss}
-    if args.reduced_tail:
-        model_kwargs["reduced_tail"] = True
-    model = create_detector(args.model, num_classes=train.num_classes,
-                            weights_backbone=args.weights_backbone, **model_kwargs)
-    run_info = {
-        "task": "det", "model": args.model, "num_classes": train.num_classes, "model_kwargs": model_kwargs,
-        "label_to_category_id": {int(k): int(v) for k, v in train.label_to_category_id.items()},
-        "category_names": {int(k): str(v) for k, v in train.category_names.items()},
-    }
-
-    def eval_fn(net: Any, epoch: int) -> dict[str, float]:
-        result, _ = evaluate_detector(net, val, batch_size=cfg.batch_size, device=trainer.device,
-                                      progress=not args.no_progress)
-        stats = result.as_dict()
-        return {"mAP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}
-
-    def loss_fn(net: Any, images: Any, targets: Any) -> dict[str, Any]:
-        return net(images, targets)
-
-    from mobiledense.datasets import collate_detection
-
-    trainer = Trainer(model, train, collate_detection, loss_fn, cfg, out,
-                      eval_fn=eval_fn if val is not None else None, run_info=run_info,
-                      progress=not args.no_progress)
-    trainer.resume(None if args.resume == "none" else args.resume)
-    if trainer.epoch >= cfg.epochs:
-        log.info("already trained for %d epochs (see %s); nothing to do", cfg.epochs, out)
-    metrics = trainer.fit()
+    spec = build_spec(args)
+    metrics, trainer = train(spec, args.output_dir, resume=args.resume, allow_changes=args.allow_change,
+                             progress=not args.no_progress)
     if is_main_process():
         log.info("done: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        log.info("checkpoint: %s  (evaluate: mobiledense eval det --checkpoint %s ...)",
-                 trainer.ckpts.latest(), trainer.ckpts.latest())
+        best = trainer.ckpts.best_path if trainer.ckpts.best_path.exists() else trainer.ckpts.latest()
+        log.info("checkpoint: %s  (evaluate: mobiledense eval det --checkpoint %s)", best, best)
     return 0
 
 
-__all__ = ["PRESETS", "add_arguments", "run"]
+__all__ = ["PRESETS", "add_arguments", "build_spec", "run"]

@@ -1,25 +1,39 @@
-"""Contract over the whole registry: declared channels/strides equal real outputs."""
+"""Contract over the whole registry: declared channels/strides/taps/options equal what models do."""
 
 from __future__ import annotations
+
+import inspect
+import re
 
 import pytest
 import torch
 
 from mobiledense.backbones import BACKBONES, Backbone, create_backbone, create_classifier, list_backbones
+from mobiledense.backbones._base import TAP_KINDS, UNIVERSAL_OPTIONS
+
+
+def _tap_cases(name: str) -> list[dict]:
+    """One build per declared tap kind other than the default, at the native output stride."""
+    entry = BACKBONES[name]
+    native = max(entry.output_strides)
+    where = {"first": 8, "expansion": native // 2}  # expansion: SSDLite's C4
+    return [{"taps": {where[kind]: kind}} for kind in entry.taps if kind != "deepest"]
+
 
 CASES = [
-    (name, os_)
+    (name, {"output_stride": os_} if os_ != 32 else {})
     for name in list_backbones()
-    for os_ in BACKBONES[name].factory().supported_output_strides
-]
+    for os_ in BACKBONES[name].output_strides
+] + [(name, kwargs) for name in list_backbones() for kwargs in _tap_cases(name)]
 
 
-@pytest.mark.parametrize("name,output_stride", CASES)
-def test_declared_channels_and_strides_match_outputs(name: str, output_stride: int) -> None:
+@pytest.mark.parametrize("name,kwargs", CASES, ids=lambda v: str(v) if isinstance(v, dict) else v)
+def test_declared_channels_and_strides_match_outputs(name: str, kwargs: dict) -> None:
     torch.manual_seed(0)
-    model = create_backbone(name, output_stride=output_stride) if output_stride != 32 \
-        else create_backbone(name)
-    assert isinstance(model, Backbone)
+    model = create_backbone(name, **kwargs)
+    output_stride = kwargs.get("output_stride", max(BACKBONES[name].output_strides))
+    assert isinstance(model, Backbone) and model.output_stride == output_stride
+    assert all(model.taps[s] == kind for s, kind in kwargs.get("taps", {}).items())
     x = torch.randn(2, 3, 128, 160, requires_grad=True)
     feats = model(x)
     assert set(feats) == set(model.channels), f"{name}: keys {sorted(feats)} != declared {model.strides}"
@@ -72,12 +86,77 @@ def test_registry_refuses_duplicates() -> None:
     from mobiledense.backbones import register_backbone
 
     with pytest.raises(KeyError, match="already registered"):
-        register_backbone("mobilenet_v3_large", paper="x")(lambda **kw: None)
+        register_backbone("mobilenet_v3_large", paper="x", family=Backbone)(lambda **kw: None)
 
 
 def test_unsupported_output_stride_is_refused() -> None:
     for name in list_backbones():
-        supported = BACKBONES[name].factory().supported_output_strides
+        supported = BACKBONES[name].output_strides
         if 4 not in supported:
-            with pytest.raises(ValueError, match="output_stride"):
+            message = f"{name} supports output_stride in {supported}, got 4"
+            with pytest.raises(ValueError, match=re.escape(message)):
                 create_backbone(name, output_stride=4)
+
+
+# --------------------------------------------------------------------------- declared capabilities
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_entry_declares_what_the_family_accepts(name: str) -> None:
+    """The entry's options/output strides/taps are the family's, and the factory takes each of them."""
+    entry = BACKBONES[name]
+    assert entry.output_strides == entry.family.supported_output_strides
+    assert entry.taps == entry.family.supported_taps and "deepest" in entry.taps
+    assert set(entry.taps) <= set(TAP_KINDS)
+    params = inspect.signature(entry.family.__init__).parameters
+    for option in entry.options + UNIVERSAL_OPTIONS:
+        assert option in params, f"{name} declares {option!r}, which {entry.family.__name__} does not take"
+        model = create_backbone(name, **{option: params[option].default})  # the factory passes it on
+        assert type(model) is entry.family
+    # Constructor parameters left out of ``options`` are fixed by the factory: refused by name.
+    for param in set(params) - set(entry.options + UNIVERSAL_OPTIONS) - {"self"}:
+        with pytest.raises(ValueError, match=f"{name} has no option {param!r}; its options: "):
+            create_backbone(name, **{param: params[param].default})
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_undeclared_taps_and_strides_are_refused(name: str) -> None:
+    entry = BACKBONES[name]
+    for kind in set(TAP_KINDS) - set(entry.taps):
+        with pytest.raises(ValueError, match=re.escape(f"{name} supports taps {entry.taps}, got {kind!r}")):
+            create_backbone(name, taps={8: kind})
+    for os_ in {4, 8, 16, 32, 64} - set(entry.output_strides):
+        with pytest.raises(ValueError, match=f"{name} supports output_stride"):
+            create_backbone(name, output_stride=os_)
+    with pytest.raises(ValueError, match=f"{name} has no option 'no_such_option'; its options: .*taps"):
+        create_backbone(name, no_such_option=1)
+
+
+def test_nothing_is_built_to_refuse_a_request(monkeypatch) -> None:
+    """Validation reads the registry entry: the factory is never called for a refused request."""
+    calls = []
+    entry = BACKBONES["mobilenet_v2"]
+    monkeypatch.setitem(BACKBONES, "mobilenet_v2", type(entry)(
+        entry.name, lambda **kw: calls.append(kw), entry.paper, family=entry.family))
+    for bad in ({"reduced_tail": True}, {"output_stride": 4}, {"taps": {16: "c4"}}):
+        with pytest.raises(ValueError):
+            create_backbone("mobilenet_v2", **bad)
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_first_taps_are_the_first_layer_reaching_each_stride(name: str) -> None:
+    """``taps={s: "first"}`` at every stride = the layers run by hand, stopped where the map first is 1/s."""
+    torch.manual_seed(0)
+    strides = create_backbone(name).strides
+    model = create_backbone(name, taps={s: "first" for s in strides}).eval()
+    x = torch.randn(1, 3, 64, 96)
+    expected, y = {}, x
+    with torch.no_grad():
+        feats = model(x)
+        for layer in model.feature_layers():
+            y = layer(y)
+            expected.setdefault(96 // y.shape[-1], y.clone())  # clone: a later in-place ReLU must not alter it
+    assert set(feats) == set(strides)
+    for s in strides:
+        torch.testing.assert_close(feats[s], expected[s], atol=0, rtol=0, msg=f"{name} stride {s}")

@@ -144,16 +144,17 @@ def test_v1_width_multiplier_budgets_match_table6(width, params, madds) -> None:
     assert got_m == pytest.approx(madds, rel=0.03), msg
 
 
-# --------------------------------------------------------------------------- SSDLite expansion tap
+# --------------------------------------------------------------------------- taps (SSDLite C4, LR-ASPP low)
 
 
 @pytest.mark.parametrize("name,expansion", [("mobilenet_v2", 576), ("mobilenet_v3_large", 672),
                                             ("mobilenet_v3_small", 288)])
 def test_expansion_tap_channels_strides_and_values(tmp_path, name, expansion) -> None:
     tv, path = _torchvision_file(tmp_path, name)
-    tapped = create_backbone(name, tap="expansion", weights=path).eval()
+    tapped = create_backbone(name, taps={16: "expansion"}, weights=path).eval()
     plain = create_backbone(name, weights=path).eval()
     assert tapped.channels[16] == expansion
+    assert tapped.taps == {2: "deepest", 4: "deepest", 8: "deepest", 16: "expansion", 32: "deepest"}
     assert {s: c for s, c in tapped.channels.items() if s != 16} == \
         {s: c for s, c in plain.channels.items() if s != 16}
     x = torch.randn(1, 3, 96, 128)
@@ -173,10 +174,56 @@ def test_expansion_tap_channels_strides_and_values(tmp_path, name, expansion) ->
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_expansion_tap_refused_when_dilated(name) -> None:
-    with pytest.raises(ValueError, match="output_stride=32"):
-        create_backbone(name, tap="expansion", output_stride=16)
-    with pytest.raises(ValueError, match="tap must be None or 'expansion'"):
-        create_backbone(name, tap="c4")
+    # At output_stride=16 the block that would take the net to 32 is dilated: no expansion to read.
+    with pytest.raises(ValueError, match="dilated.*needs output_stride=32 or more"):
+        create_backbone(name, taps={16: "expansion"}, output_stride=16)
+    with pytest.raises(ValueError, match="dilated.*needs output_stride=16 or more"):
+        create_backbone(name, taps={8: "expansion"}, output_stride=8)
+    create_backbone(name, taps={8: "expansion"}, output_stride=16)  # the 8 -> 16 block is still strided
+
+
+def test_expansion_tap_refused_where_the_block_has_no_expansion() -> None:
+    # V3-Small's first bneck (Table 2: 16 -> 16, stride 2) has no 1x1 expansion.
+    with pytest.raises(ValueError, match=r"taps=\{2: 'expansion'\}: layer 1 .*expansion"):
+        create_backbone("mobilenet_v3_small", taps={2: "expansion"})
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large"])
+def test_unknown_tap_kind_and_stride_are_refused(name) -> None:
+    message = f"{name} supports taps ('deepest', 'first', 'expansion'), got 'c4' at stride 16"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_backbone(name, taps={16: "c4"})
+    with pytest.raises(ValueError, match=r"no layers at strides \[64\]; strides are \[2, 4, 8, 16, 32\]"):
+        create_backbone(name, taps={64: "first"})
+    with pytest.raises(ValueError, match="taps must map strides to kinds"):
+        create_backbone(name, taps="expansion")
+    # The old single-purpose option is gone: one way to choose taps.
+    with pytest.raises(ValueError, match=f"{name} has no option 'tap'; its options: .*taps"):
+        create_backbone(name, tap="expansion")
+
+
+def test_first_tap_is_torchvision_lraspp_low_branch(tmp_path) -> None:
+    """``taps={8: "first"}`` = the first stride-8 block's output: torchvision's LR-ASPP "low" (features[4])."""
+    tv, path = _torchvision_file(tmp_path, "mobilenet_v3_large")
+    first = create_backbone("mobilenet_v3_large", taps={8: "first"}, weights=path).eval()
+    deepest = create_backbone("mobilenet_v3_large", weights=path).eval()
+    assert first.channels == deepest.channels  # 40 channels either way: same stage
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        got, ref = first(x), deepest(x)
+        torch.testing.assert_close(got[8], tv.features[:5](x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ref[8], tv.features[:7](x), atol=1e-5, rtol=0)
+    assert not torch.equal(got[8], ref[8])
+    for s in (2, 4, 16, 32):
+        torch.testing.assert_close(got[s], ref[s], atol=0, rtol=0)
+
+
+def test_unknown_option_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="mobilenet_v2 has no option 'reduced_tail'; its options: "
+                                         "width_mult, norm_layer, dropout, output_stride, taps"):
+        create_backbone("mobilenet_v2", reduced_tail=True)
+    with pytest.raises(ValueError, match="mobilenet_v1 has no option 'reduced_tail'"):
+        create_classifier("mobilenet_v1", reduced_tail=True)
 
 
 # --------------------------------------------------------------------------- widths and dilation

@@ -7,13 +7,19 @@ import torch
 import torchvision
 
 import mobiledense.heads as heads
-from mobiledense.backbones import count_params, create_backbone, list_backbones
+from mobiledense.backbones import BACKBONES, count_params, create_backbone, list_backbones
 from mobiledense.heads import (
+    DefaultBoxes,
     SSDLite,
+    SSDLiteHead,
+    build_ssdlite,
     create_detector,
     detector_madds,
-    list_detectors,
+    extra_blocks,
+    list_models,
+    model_spec,
     ssdlite320_mobilenet_v3_large,
+    ssdlite_parts,
 )
 
 
@@ -31,14 +37,14 @@ def small() -> SSDLite:
 
 
 def test_a_detector_per_registered_backbone() -> None:
-    names = list_detectors()
+    names = list_models("det")
     assert "ssdlite320_mobilenet_v3_large" in names
     assert {f"ssdlite_{b}" for b in list_backbones()} <= set(names)
     for b in list_backbones():
         assert callable(getattr(heads, f"ssdlite_{b}"))
 
 
-@pytest.mark.parametrize("name", list_detectors())
+@pytest.mark.parametrize("name", list_models("det"))
 def test_every_detector_trains_and_predicts_at_320(name: str) -> None:
     torch.manual_seed(0)
     model = create_detector(name, num_classes=4)
@@ -46,8 +52,9 @@ def test_every_detector_trains_and_predicts_at_320(name: str) -> None:
     assert c5 == max(model.backbone.channels) and c4 == c5 // 2 and c5 in (16, 32)
     assert model.head.classification_head.module_list[0][0][0].in_channels == model.backbone.channels[c4]
     assert model.extra[0][0][0].in_channels == model.backbone.channels[c5]
-    if hasattr(model.backbone, "tap"):  # families with an SSDLite tap get C4 = expansion layer (§6.3)
-        assert model.backbone.tap == "expansion"
+    # Families that declare an expansion tap get C4 = expansion layer (§6.3); the others their deepest C4.
+    tap = "expansion" if "expansion" in type(model.backbone).supported_taps else "deepest"
+    assert model.backbone.taps[c4] == tap
     model.train()  # batch of 2: the 1x1 last level needs > 1 value per BN channel in training
     losses = model([torch.rand(3, 200, 260), torch.rand(3, 120, 100)],
                    [_target([[20, 30, 120, 150], [100, 10, 250, 190]], [1, 3]), _target([[5, 5, 90, 60]], [2])])
@@ -182,9 +189,87 @@ def test_bad_targets_are_clear_errors(small: SSDLite) -> None:
 
 def test_dilated_backbone_is_refused() -> None:
     with pytest.raises(ValueError, match="undilated backbone: build MobileNetV3 with output_stride=32"):
-        SSDLite(create_backbone("mobilenet_v3_small", output_stride=16), num_classes=3)
+        ssdlite_parts(create_backbone("mobilenet_v3_small", output_stride=16), num_classes=3)
+    backbone = create_backbone("mobilenet_v3_small")
     with pytest.raises(ValueError, match="num_classes"):
-        SSDLite(create_backbone("mobilenet_v3_small"), num_classes=1)
+        SSDLite(backbone, *ssdlite_parts(backbone, 3), num_classes=1)
+    with pytest.raises(ValueError, match="dilated.*needs output_stride=32"):  # C4's expansion tap is gone
+        create_detector("ssdlite_mobilenet_v3_small", num_classes=3, backbone_kwargs={"output_stride": 16})
+
+
+# ----------------------------------------------------------------- parts
+
+
+def test_ssdlite_takes_its_parts() -> None:
+    """``SSDLite(backbone, extra, anchor_generator, head, ...)`` = ``build_ssdlite``, same keys and values."""
+    torch.manual_seed(0)
+    built = build_ssdlite("mobilenet_v3_small", 4, size=256).eval()
+    torch.manual_seed(0)
+    spec = model_spec("ssdlite_mobilenet_v3_small", num_classes=4, size=256)
+    backbone = create_backbone("mobilenet_v3_small", norm_layer=heads.ssdlite.BatchNorm,
+                               **heads.registry.backbone_kwargs(spec.backbone))
+    heads.ssdlite.normal_init(backbone)
+    extra, anchors, head = ssdlite_parts(backbone, 4)
+    model = SSDLite(backbone, extra, anchors, head, 4, size=256).eval()
+    assert model.backbone is backbone and model.extra is extra and model.anchor_generator is anchors
+    assert model.head is head and model.size == (256, 256)
+    assert list(model.state_dict()) == list(built.state_dict())
+    for k, v in built.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model.dense_predictions(x), built.dense_predictions(x), atol=0, rtol=0)
+
+
+def test_mismatched_parts_are_refused() -> None:
+    backbone = create_backbone("mobilenet_v3_small", taps={16: "expansion"})
+    extra, anchors, head = ssdlite_parts(backbone, 4)
+    with pytest.raises(ValueError, match="anchor_generator has 5 levels but there are 6 feature maps"):
+        SSDLite(backbone, extra, DefaultBoxes(((2, 3),) * 5), head, 4)
+    with pytest.raises(ValueError, match=r"head predicts \[6, 6, 6, 6, 6, 6\] boxes per location"):
+        SSDLite(backbone, extra, DefaultBoxes(reduce_boxes_in_lowest_layer=True), head, 4)
+    with pytest.raises(ValueError, match=r"head expects \[96, 576, .*\] channels but the feature maps have "
+                                         r"\[288, 576"):
+        SSDLite(backbone, extra, anchors, SSDLiteHead([96, 576, 512, 256, 256, 128], [6] * 6, 4), 4)
+    with pytest.raises(ValueError, match="head predicts 4 classes but num_classes=5"):
+        SSDLite(backbone, extra, anchors, head, 5)
+    with pytest.raises(ValueError, match=r"6 levels but there are 5 feature maps \(2 backbone levels \+ 3"):
+        SSDLite(backbone, extra_blocks(576, depths=(512, 256, 256)), anchors, head, 4)
+
+
+def test_backbone_options_come_from_the_registry(monkeypatch) -> None:
+    """C4 = expansion and BN(1e-3, 0.03) only where the entry declares them; built once, no retries."""
+    def backbone(name: str, **options) -> tuple[int, dict[int, str]]:
+        b = model_spec(name, **options).backbone
+        return b.output_stride, b.taps
+
+    assert backbone("ssdlite_mobilenet_v2") == (32, {16: "expansion"})
+    assert backbone("ssdlite_mobilenet_v1") == (32, {})
+    assert backbone("ssdlite_squeezenet1_1") == (16, {})  # stride 16: levels 8 and 16, no tap
+    assert backbone("ssdlite_mobilenet_v2", taps={}) == (32, {})
+    calls = []
+    entry = BACKBONES["mobilenet_v1"]
+
+    def counting(**kwargs):
+        calls.append(kwargs)
+        return entry.factory(**kwargs)
+
+    monkeypatch.setitem(BACKBONES, "mobilenet_v1", type(entry)(entry.name, counting, entry.paper,
+                                                               family=entry.family))
+    model = create_detector("ssdlite_mobilenet_v1", num_classes=3)
+    assert calls == [{"output_stride": 32, "norm_layer": heads.ssdlite.BatchNorm}]
+    assert model.backbone.features[0][1].eps == 1e-3 and model.backbone.taps[16] == "deepest"
+
+
+@pytest.mark.parametrize("name", ["ssdlite_mobilenet_v2", "ssdlite_mobilenet_v1", "ssdlite_xception"])
+def test_an_option_the_backbone_lacks_is_a_value_error(name: str) -> None:
+    """``--reduced-tail`` on a family without it: a ValueError naming the family's options, no TypeError."""
+    backbone = name[len("ssdlite_"):]
+    options = ", ".join(BACKBONES[backbone].options)
+    with pytest.raises(ValueError, match=f"{backbone} has no option 'reduced_tail'; its options: {options}"):
+        create_detector(name, num_classes=3, reduced_tail=True)
+    with pytest.raises(ValueError, match=f"{backbone} has no option 'reduced_tail'"):
+        create_detector(name, num_classes=3, backbone_kwargs={"reduced_tail": True})
 
 
 # ----------------------------------------------------------------- weights

@@ -26,14 +26,14 @@ from mobiledense.heads import (
     select_detections,
     ssdlite320_mobilenet_v3_large,
 )
-from mobiledense.heads import detector as detector_module
+from mobiledense.heads import postprocess as postprocess_module
 from mobiledense.heads.inference import (
     NATIVE_1X1_MAX_NUMEL,
     ONEDNN_1X1_MIN_MACS,
     PACKED_SHAPES_KEPT,
     onednn_available,
 )
-from mobiledense.heads.lraspp import lraspp_mobilenet_v3_large
+from mobiledense.heads import lraspp_mobilenet_v3_large
 from mobiledense.tools.benchmark import calibrate_, compare_detections
 
 
@@ -234,13 +234,13 @@ REGIMES = {"dense": [1200], "moderate": ["all"], "growth": [80, 320], "small_out
 def test_select_detections_regimes_equal_torchvision(regime: str, monkeypatch) -> None:
     """Every path of the prefix algorithm (one pass, growth, all-valid stop) against torchvision."""
     tried = []
-    best = detector_module._best_candidates
+    best = postprocess_module._best_candidates
 
     def spy(scores, above, m, num_above):
         tried.append("all" if m == num_above else m)
         return best(scores, above, m, num_above)
 
-    monkeypatch.setattr(detector_module, "_best_candidates", spy)
+    monkeypatch.setattr(postprocess_module, "_best_candidates", spy)
     g = torch.Generator().manual_seed(hash(regime) % 1000)
     a, k = 1500, 21
     anchors = _anchors(a, g)

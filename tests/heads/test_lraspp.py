@@ -11,18 +11,16 @@ from torch import nn
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large as tv_lraspp
 
 from mobiledense.backbones import count_madds, count_params, list_backbones
-from mobiledense.heads.lraspp import (
-    PAPER_POOL_STRIDE,
-    PAPER_TRAIN_CROP,
-    LargeKernelAvgPool,
-    LRASPPHead,
+import mobiledense.heads as heads
+from mobiledense.heads import (
+    create_model,
     create_segmenter,
-    get_segmenter_factory,
-    list_segmenters,
+    list_models,
     lraspp_from_torchvision,
     lraspp_mobilenet_v3_large,
     lraspp_mobilenet_v3_small,
 )
+from mobiledense.heads.lraspp import PAPER_POOL_STRIDE, PAPER_TRAIN_CROP, LargeKernelAvgPool, LRASPPHead
 from mobiledense.heads.segmenter import IMAGENET_MEAN, IMAGENET_STD, Segmenter
 
 
@@ -108,17 +106,43 @@ def test_every_backbone_trains_at_odd_size(name: str) -> None:
 
 
 def test_named_factories_cover_the_registry() -> None:
-    import mobiledense.heads.lraspp as lraspp_module
-
-    assert list_segmenters() == sorted(f"lraspp_{n}" for n in list_backbones())
-    for name in list_segmenters():
-        assert callable(getattr(lraspp_module, name))
-    model = get_segmenter_factory("lraspp_mobilenet_v3_small")(num_classes=3)
+    assert list_models("seg") == sorted(f"lraspp_{n}" for n in list_backbones())
+    for name in list_models("seg"):
+        assert callable(getattr(heads, name))
+    model = create_model("lraspp_mobilenet_v3_small", num_classes=3)
     assert model.num_classes == 3 and model.decoder.high_classifier.out_channels == 3
-    with pytest.raises(KeyError, match="lraspp_mobilenet_v3_large"):
-        get_segmenter_factory("lraspp_resnet50")
+    with pytest.raises(KeyError, match="unknown segmenter 'lraspp_resnet50'; valid names: .*lraspp_mobilenet_v3_large"):
+        create_model("lraspp_resnet50", task="seg")
     with pytest.raises(KeyError, match="mobilenet_v3_large"):
         create_segmenter("resnet50")
+
+
+def test_backbone_is_built_once_from_the_registry_entry(monkeypatch) -> None:
+    """The output stride comes from the entry and the low tap is ``taps={8: "first"}``: one build, no probe."""
+    from mobiledense.backbones import BACKBONES
+
+    calls = []
+    entry = BACKBONES["mobilenet_v3_small"]
+
+    def counting(**kwargs):
+        calls.append(kwargs)
+        return entry.factory(**kwargs)
+
+    monkeypatch.setitem(BACKBONES, "mobilenet_v3_small", type(entry)(entry.name, counting, entry.paper,
+                                                                     family=entry.family))
+    model = create_segmenter("mobilenet_v3_small", 3, width_mult=0.75)
+    assert calls == [{"output_stride": 16, "taps": {8: "first"}, "width_mult": 0.75}]
+    assert model.backbone.taps[8] == "first" and model.backbone.output_stride == 16
+    calls.clear()
+    create_segmenter("mobilenet_v3_small", 3, low_tap="deepest")
+    assert calls == [{"output_stride": 16}]
+
+
+def test_an_option_the_backbone_lacks_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="mobilenet_v2 has no option 'reduced_tail'; its options: width_mult"):
+        create_segmenter("mobilenet_v2", 3, reduced_tail=True)
+    with pytest.raises(ValueError, match=r"squeezenet1_1 supports output_stride in \(16,\), got 32"):
+        create_segmenter("squeezenet1_1", 3, output_stride=32)
 
 
 def test_reduced_tail_and_width() -> None:
@@ -256,14 +280,16 @@ def test_loads_torchvision_and_own_checkpoints(tmp_path, tv_and_ours) -> None:
             torch.testing.assert_close(loaded.state_dict()[k], v, msg=f"{path}: {k}")
 
 
-def test_backbone_weights(tmp_path) -> None:
+def test_weights_backbone(tmp_path) -> None:
     from mobiledense.backbones import create_backbone
 
     bb = create_backbone("mobilenet_v3_small")
     torch.save(bb.state_dict(), tmp_path / "bb.pth")
-    model = lraspp_mobilenet_v3_small(backbone_weights=str(tmp_path / "bb.pth"))
+    model = lraspp_mobilenet_v3_small(weights_backbone=str(tmp_path / "bb.pth"))
     for k, v in bb.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[k], v)
+    with pytest.raises(ValueError, match="unknown option 'backbone_weights'"):  # one name: torchvision's
+        lraspp_mobilenet_v3_small(backbone_weights=str(tmp_path / "bb.pth"))
 
 
 # ----------------------------------------------------------------------- cost (Table 7)

@@ -17,7 +17,7 @@ OTHER_FAMILY = next(n for n in list_backbones() if not n.startswith("mobilenet_v
 CASES = [
     (name, os_)
     for name in list_backbones()
-    for os_ in sorted(set(BACKBONES[name].factory().supported_output_strides) & {8, 16, 32})
+    for os_ in sorted(set(BACKBONES[name].output_strides) & {8, 16, 32})
 ]
 
 
@@ -88,7 +88,7 @@ def test_create_smp_model_follows_the_segmenter_api(tmp_path) -> None:
     bb = create_backbone("mobilenet_v3_large", width_mult=0.5, reduced_tail=True)
     torch.save(bb.state_dict(), tmp_path / "bb.pth")
     model = create_smp_model("deeplabv3plus", "mobilenet_v3_large", num_classes=7,
-                             backbone_weights=tmp_path / "bb.pth",
+                             weights_backbone=tmp_path / "bb.pth",
                              backbone_kwargs={"width_mult": 0.5, "reduced_tail": True}).eval()
     enc = model.model.encoder
     assert enc.out_channels[-1] == bb.channels[32] and model.num_classes == 7
@@ -107,6 +107,8 @@ def test_create_smp_model_follows_the_segmenter_api(tmp_path) -> None:
         create_smp_model("fpn", "resnet50")
     with pytest.raises(ValueError, match="logits only"):
         create_smp_model("fpn", "mobilenet_v3_small", aux_params={"classes": 3})
+    with pytest.raises(ValueError, match="mobilenet_v2 has no option 'reduced_tail'; its options: width_mult"):
+        create_smp_model("fpn", "mobilenet_v2", backbone_kwargs={"reduced_tail": True})
 
 
 class _Stride4Stem(Backbone):
@@ -132,7 +134,7 @@ class _Stride4Stem(Backbone):
 
 
 def test_missing_stride_is_a_zero_channel_placeholder(monkeypatch) -> None:
-    monkeypatch.setitem(BACKBONES, "toy_s4", BackboneEntry("toy_s4", _Stride4Stem, paper="test"))
+    monkeypatch.setitem(BACKBONES, "toy_s4", BackboneEntry("toy_s4", _Stride4Stem, paper="test", family=_Stride4Stem))
     monkeypatch.setattr(smp.encoders, "encoders", dict(smp.encoders.encoders))
     register_smp_encoders()
     for arch in ("fpn", "unet"):

@@ -42,39 +42,34 @@ def tiny_coco(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
                                val_fraction=0.2, seed=0)
 
 
-def det_run_info(num_classes: int = 7) -> dict:
-    """The ``run_info`` ``train det`` stores, for a random-init :data:`DET_MODEL`."""
-    return {"task": "det", "model": DET_MODEL, "num_classes": num_classes,
-            "model_kwargs": {"size": DET_SIZE, "loss": "multibox"},
-            "label_to_category_id": {i: i for i in range(1, num_classes)},
-            "category_names": {i: f"class {i}" for i in range(1, num_classes)}}
-
-
 @pytest.fixture(scope="session")
-def det_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init detector checkpoint in ``train det``'s format (6 classes + background)."""
-    from mobiledense.heads import create_detector
-    from mobiledense.tools.engine import save_atomic
+def det_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_coco) -> Path:
+    """A random-init :data:`DET_MODEL` checkpoint as ``train det`` writes it (the run spec of ``tiny_coco``)."""
+    from mobiledense.datasets import CocoDetection
+    from mobiledense.heads import create_model, model_spec
+    from mobiledense.tools.engine import CocoDataSpec
+    from mobiledense.tools.engine.tasks import DetectionTask, save_model_checkpoint
 
-    info = det_run_info()
+    (images, ann), (val_images, val_ann) = tiny_coco["train"], tiny_coco["val"]
+    classes = DetectionTask.class_info(CocoDetection(images, ann))
     torch.manual_seed(0)
-    model = create_detector(DET_MODEL, num_classes=info["num_classes"], **info["model_kwargs"])
-    return save_atomic({"model": model.state_dict(), "run_info": info},
-                       tmp_path_factory.mktemp("det_ckpt") / "last.pt")
+    model = create_model(model_spec(DET_MODEL, size=DET_SIZE, **classes))
+    data = CocoDataSpec(train_images=str(images), train_ann=str(ann), val_images=str(val_images),
+                        val_ann=str(val_ann))
+    return save_model_checkpoint(model, data, tmp_path_factory.mktemp("det_ckpt") / "last.pt")
 
 
 @pytest.fixture(scope="session")
 def seg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init LR-ASPP MobileNetV3-Small checkpoint in ``train seg``'s format."""
-    from mobiledense.heads.lraspp import create_segmenter
-    from mobiledense.tools.engine import save_atomic
+    """A random-init LR-ASPP MobileNetV3-Small checkpoint as ``train seg`` writes it."""
+    from mobiledense.heads import create_segmenter
+    from mobiledense.tools.engine import CityscapesDataSpec
+    from mobiledense.tools.engine.tasks import save_model_checkpoint
 
     torch.manual_seed(0)
     model = create_segmenter("mobilenet_v3_small", 19, pool="global")
-    info = {"task": "seg", "model": "lraspp_mobilenet_v3_small", "backbone": "mobilenet_v3_small",
-            "num_classes": 19, "head": "lraspp", "model_kwargs": {"pool": "global"}}
-    return save_atomic({"model": model.state_dict(), "run_info": info},
-                       tmp_path_factory.mktemp("seg_ckpt") / "last.pt")
+    data = CityscapesDataSpec(root=str(tmp_path_factory.mktemp("no_cityscapes")), crop=(64, 128))
+    return save_model_checkpoint(model, data, tmp_path_factory.mktemp("seg_ckpt") / "last.pt")
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +77,7 @@ def pickle_bomb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``(checkpoint, marker)``: unpickling the checkpoint would create ``marker`` (code execution)."""
     folder = tmp_path_factory.mktemp("evil")
     marker = folder / "pwned"
-    torch.save({"model": {}, "run_info": _Payload(str(marker))}, folder / "evil.pt")
+    torch.save({"model": {}, "spec": _Payload(str(marker))}, folder / "evil.pt")
     return folder / "evil.pt", marker
 
 

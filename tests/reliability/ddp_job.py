@@ -60,7 +60,7 @@ def main() -> int:
 
     cfg = TrainConfig(epochs=3, batch_size=4, lr=0.05, warmup_iters=2, workers=0, eval_every=0,
                       ckpt_every_steps=5, keep_checkpoints=2)
-    trainer = Trainer(model, data, _collate, loss_fn, cfg, out, run_info={"task": "test"}, progress=False)
+    trainer = Trainer(model, data, _collate, loss_fn, cfg, out, progress=False)
     trainer.fit()
     params = dict(trainer.model.named_parameters())
     out.mkdir(parents=True, exist_ok=True)

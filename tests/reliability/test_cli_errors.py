@@ -73,9 +73,13 @@ def test_eval_seg_refuses_a_detection_checkpoint(det_checkpoint, tmp_path, capsy
 
 def test_checkpoint_whose_weights_do_not_fit_its_model(det_checkpoint, tiny_coco, tmp_path, capsys) -> None:
     ckpt = load_checkpoint(det_checkpoint)
-    for key, value, expected in [("num_classes", 4, "num_classes=4"),
-                                 ("model", "ssdlite_mobilenet_v2", "fit ssdlite_mobilenet_v2")]:
-        bad = save_atomic({**ckpt, "run_info": {**ckpt["run_info"], key: value}}, tmp_path / f"{key}.pt")
+    model = ckpt["spec"]["model"]
+    for key, value, expected in [("num_classes", {"num_classes": 4, "class_names": [], "category_ids": []},
+                                  "num_classes=4"),
+                                 ("backbone", {"backbone": {**model["backbone"], "name": "mobilenet_v2"}},
+                                  "fit ssdlite/mobilenet_v2")]:
+        spec = {**ckpt["spec"], "model": {**model, **value}}
+        bad = save_atomic({**ckpt, "spec": spec}, tmp_path / f"{key}.pt")
         assert main(_eval_det(bad, tiny_coco, tmp_path)) == 2
         err = _err(capsys)
         assert f"error: {bad}: its weights do not fit" in err and expected in err
@@ -98,7 +102,7 @@ def test_raw_weights_with_wrong_num_classes_or_architecture(det_checkpoint, tiny
 def test_a_state_dict_is_not_a_training_checkpoint(det_checkpoint, tiny_coco, tmp_path, capsys) -> None:
     raw = save_atomic(load_checkpoint(det_checkpoint)["model"], tmp_path / "raw.pt")
     assert main(_eval_det(raw, tiny_coco, tmp_path)) == 2
-    assert "has no run_info: it is not a mobiledense training checkpoint" in _err(capsys)
+    assert "has no run spec: it is not a mobiledense training checkpoint" in _err(capsys)
     assert main(_eval_det(tmp_path / "missing.pt", tiny_coco, tmp_path)) == 2
     assert f"checkpoint not found: {tmp_path / 'missing.pt'}" in _err(capsys)
 

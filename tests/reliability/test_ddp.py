@@ -71,14 +71,15 @@ def _train_det(tiny_coco_train: tuple[Path, Path], out: Path, *extra: str) -> li
 
 @pytest.mark.slow
 def test_train_det_cli_with_two_processes(tiny_coco, tmp_path: Path, env) -> None:
-    from mobiledense.tools.common import load_trained_model
+    from mobiledense.tools.engine.tasks import load_trained_model
 
     proc, _ = _torchrun(_train_det(tiny_coco["train"], tmp_path), env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 3  # 24 images / (2 ranks x 4)
-    model, info = load_trained_model(tmp_path / "checkpoints" / "last.pt", "det")
-    assert info["model"] == "ssdlite_mobilenet_v3_small" and model.num_classes == 7
+    model, spec = load_trained_model(tmp_path / "checkpoints" / "last.pt", "det")
+    assert spec.model.name == "ssdlite_mobilenet_v3_small" and model.num_classes == 7
+    assert spec.recipe.world_size == 2 and spec.recipe.precision == "fp32"  # what the run actually used
     assert proc.stderr.count("epoch 1: ") == 1  # rank 1 logs warnings only
 
 
@@ -112,7 +113,7 @@ def test_bad_data_on_one_rank_stops_every_rank_with_its_message(tiny_coco, tmp_p
 @pytest.mark.slow
 def test_train_seg_cli_with_two_processes(tmp_path: Path, env) -> None:
     """``train seg`` under torchrun: both ranks write the synthetic set race-free, train, rank 0 evaluates."""
-    from mobiledense.tools.common import load_trained_model
+    from mobiledense.tools.engine.tasks import load_trained_model
 
     args = ["-m", "mobiledense.tools.cli", "train", "seg", "--backbone", "mobilenet_v3_small",
             "--synthetic-frames", "8", "--base-size", "64", "128", "--crop", "64", "128", "--epochs", "1",
@@ -122,8 +123,9 @@ def test_train_seg_cli_with_two_processes(tmp_path: Path, env) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 2  # 8 frames / (2 ranks x 2)
-    model, info = load_trained_model(tmp_path / "checkpoints" / "last.pt", "seg")
-    assert info["backbone"] == "mobilenet_v3_small" and model.num_classes == 19
+    model, spec = load_trained_model(tmp_path / "checkpoints" / "last.pt", "seg")
+    assert spec.model.backbone.name == "mobilenet_v3_small" and model.num_classes == 19
+    assert spec.recipe.world_size == 2
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert len(rows) == 2 and "mIoU" in rows[0]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthetic")]  # losers cleaned up

@@ -6,7 +6,6 @@ tests/tools/test_engine.py; here the multi-process cases.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -58,8 +57,8 @@ def _mse(model, x, y):  # noqa: ANN001, ANN202
 def _trainer(out: Path, data: Dataset, **kw) -> Trainer:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
-    cfg = dataclasses.replace(TrainConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, workers=2, eval_every=0,
-                                          keep_checkpoints=1), **kw)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, workers=2, eval_every=0,
+                      keep_checkpoints=1).replace(**kw)
     return Trainer(model, data, _collate, _mse, cfg, out, progress=False)
 
 
@@ -184,4 +183,4 @@ def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path: Path) -> None:
 
 def test_config_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="max_worker_restarts must be >= 0, got -1"):
-        TrainConfig(max_worker_restarts=-1).validate()
+        TrainConfig.parse(max_worker_restarts=-1)

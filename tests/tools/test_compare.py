@@ -197,7 +197,7 @@ def test_frozen_backbone_stays_bit_identical_while_head_learns(
                         warmup_iters=0, frozen_backbone=frozen)
     data = tiny_data[cell.task]
     torch.manual_seed(0)
-    model = cmp.build_model(cell, data.num_classes, recipe)
+    model = cmp.build_model(cell, data, recipe)
     backbone = cmp.freeze_backbone(model) if frozen else cmp.find_backbone(model)
     prefix = next(name for name, m in model.named_modules() if m is backbone) + "."
     before = {k: v.clone() for k, v in model.state_dict().items()}

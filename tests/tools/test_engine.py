@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mobiledense.heads import model_spec
 from mobiledense.tools.engine import CheckpointManager, load_checkpoint, save_atomic
-from mobiledense.tools.engine import ResumableSampler, TrainConfig, Trainer
+from mobiledense.tools.engine import CityscapesDataSpec, ResumableSampler, RunSpec, TrainConfig, Trainer
 
 
 class NoisyRegression(Dataset):
@@ -52,21 +52,21 @@ def make_model() -> nn.Module:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = TrainConfig(epochs=3, batch_size=4, lr=0.05, warmup_iters=3, workers=0, eval_every=0,
-                       log_every=1000, keep_checkpoints=2)
-    return dataclasses.replace(base, **kw)
+    return TrainConfig.parse(**{**dict(epochs=3, batch_size=4, lr=0.05, warmup_iters=3, workers=0, eval_every=0,
+                                       log_every=1000, keep_checkpoints=2), **kw})
 
 
-def trainer(tmp: Path, model: nn.Module | None = None, data: Dataset | None = None, **kw) -> Trainer:
+def trainer(tmp: Path, model: nn.Module | None = None, data: Dataset | None = None, spec: RunSpec | None = None,
+            allow_changes: tuple[str, ...] = (), **kw) -> Trainer:
     return Trainer(model or make_model(), data or NoisyRegression(), collate, mse, cfg(**kw), tmp,
-                   progress=False)
+                   spec=spec, allow_changes=allow_changes, progress=False)
 
 
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="lr must be > 0.*batch_size must be > 0|batch_size must be > 0.*lr must be > 0"):
-        cfg(lr=-1.0, batch_size=0).validate()
-    with pytest.raises(ValueError, match="optimizer must be"):
-        cfg(optimizer="rmsprop").validate()
+        cfg(lr=-1.0, batch_size=0)
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw', got 'rmsprop'"):
+        cfg(optimizer="rmsprop")
 
 
 def test_lr_schedule_warmup_cosine_poly() -> None:
@@ -173,11 +173,27 @@ def test_checkpoints_are_atomic_and_safe(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resume_refuses_another_model(tmp_path: Path) -> None:
-    t = trainer(tmp_path, epochs=1)
-    t.run_info = {"model": "a", "num_classes": 3}
+def _spec(tmp: Path, backbone: str = "mobilenet_v3_small", **recipe) -> RunSpec:
+    """A run spec for the toy regression (the trainer stores and compares it; it never builds from it)."""
+    return RunSpec(model=model_spec(f"lraspp_{backbone}", num_classes=3),
+                   data=CityscapesDataSpec(root=str(tmp)), recipe=cfg(**recipe))
+
+
+def test_resume_refuses_a_changed_spec_naming_every_field(tmp_path: Path) -> None:
+    t = trainer(tmp_path, epochs=1, spec=_spec(tmp_path, epochs=1))
     t.fit()
-    t2 = trainer(tmp_path, epochs=2)
-    t2.run_info = {"model": "b", "num_classes": 3}
-    with pytest.raises(ValueError, match="model='a'"):
-        t2.resume("auto")
+    assert RunSpec.load(tmp_path / "config.json") == t.spec  # config.json is the spec, and round-trips
+    assert load_checkpoint(t.ckpts.latest())["spec"] == t.spec.to_dict()
+    changed = _spec(tmp_path, "mobilenet_v2", epochs=2, lr=0.1, seed=3, workers=0)
+    with pytest.raises(ValueError) as e:
+        trainer(tmp_path, epochs=2, lr=0.1, seed=3, spec=changed).resume("auto")
+    msg = str(e.value)
+    for expected in ("model.backbone.name: 'mobilenet_v3_small' -> 'mobilenet_v2'", "recipe.epochs: 1 -> 2",
+                     "recipe.lr: 0.05 -> 0.1", "recipe.seed: 0 -> 3", "--allow-change"):
+        assert expected in msg, msg
+    # Operational fields may change; named identity fields too (--allow-change).
+    more = trainer(tmp_path, epochs=2, keep_checkpoints=3, spec=_spec(tmp_path, epochs=2, keep_checkpoints=3),
+                   allow_changes=("epochs",))
+    assert more.resume("auto") and more.epoch == 1
+    more.fit()
+    assert more.epoch == 2

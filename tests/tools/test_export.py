@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from mobiledense.heads import ssdlite320_mobilenet_v3_large
-from mobiledense.heads.lraspp import lraspp_mobilenet_v3_large
+from mobiledense.heads import lraspp_mobilenet_v3_large
 from mobiledense.tools.benchmark import calibrate_, compare_detections
 from mobiledense.tools.cli import main
+from mobiledense.tools.engine import CityscapesDataSpec
+from mobiledense.tools.engine.tasks import save_model_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -79,21 +81,20 @@ def test_export_cli(tmp_path, capsys) -> None:
     assert code == 0 and out.is_file()
     assert "onnxruntime vs PyTorch, max |diff|: logits" in text and "latency batch 1" in text
     assert main(["export", "--model", "resnet50", "--output", str(out)]) == 2
-    assert "expected a detector" in capsys.readouterr().err
+    assert "unknown model 'resnet50'; valid names: lraspp_mobilenet_v1" in capsys.readouterr().err
 
 
 def test_export_cli_from_a_training_checkpoint(tmp_path, capsys) -> None:
     model = lraspp_mobilenet_v3_large(num_classes=4).eval()
     ckpt = tmp_path / "last.pt"
-    torch.save({"model": model.state_dict(), "run_info": {"task": "seg", "model": "lraspp_mobilenet_v3_large",
-                                                          "backbone": "mobilenet_v3_large", "num_classes": 4}}, ckpt)
+    save_model_checkpoint(model, CityscapesDataSpec(root=str(tmp_path)), ckpt)
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), "--check-size", "64", "96",
                  "--repeats", "0"]) == 0
     assert out.is_file() and "logits" in capsys.readouterr().out
     torch.save({"model": model.state_dict()}, ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(out)]) == 2
-    assert "no run_info" in capsys.readouterr().err
+    assert "has no run spec" in capsys.readouterr().err
 
 
 def test_export_cli_names_invalid_options(tmp_path, capsys) -> None:

@@ -15,17 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from mobiledense.datasets import make_synthetic_coco
-from mobiledense.heads import create_detector
-from mobiledense.heads.lraspp import create_segmenter
+from mobiledense.datasets import CocoDetection, make_synthetic_coco
+from mobiledense.heads import create_model, create_segmenter, inference_model, model_spec
 from mobiledense.tools.benchmark import calibrate_, compare_detections
-from mobiledense.tools.engine import save_atomic
 from mobiledense.tools.cli import main
-from mobiledense.tools.common import inference_model
+from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec
+from mobiledense.tools.engine.tasks import DetectionTask, save_model_checkpoint
 
-DET_INFO = {"task": "det", "model": "ssdlite_mobilenet_v3_small", "num_classes": 7,
-            "model_kwargs": {"size": 128, "loss": "multibox"},
-            "label_to_category_id": {i: i for i in range(1, 7)}, "category_names": {i: f"c{i}" for i in range(1, 7)}}
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +31,18 @@ def data(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 
 
 @pytest.fixture(scope="module")
-def det_checkpoint(tmp_path_factory) -> Path:
+def det_checkpoint(data, tmp_path_factory) -> Path:
+    (images, ann), (val_images, val_ann) = data["train"], data["val"]
+    classes = DetectionTask.class_info(CocoDetection(images, ann))
     torch.manual_seed(0)
-    model = create_detector(DET_INFO["model"], num_classes=7, **DET_INFO["model_kwargs"])
+    model = create_model(model_spec("ssdlite_mobilenet_v3_small", size=128, **classes))
+    k = model.num_classes
     x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
     calibrate_(model, lambda m: m.head_outputs(x))
     for block in model.head.classification_head.module_list:
-        block[1].bias.data.view(-1, 7)[:, 0] += 3.0  # background dominates, as after training
-    return save_atomic({"model": model.state_dict(), "run_info": DET_INFO},
-                       tmp_path_factory.mktemp("det") / "last.pt")
+        block[1].bias.data.view(-1, k)[:, 0] += 3.0  # background dominates, as after training
+    spec = CocoDataSpec(train_images=str(images), train_ann=str(ann), val_images=str(val_images), val_ann=str(val_ann))
+    return save_model_checkpoint(model, spec, tmp_path_factory.mktemp("det") / "last.pt")
 
 
 def _detections(out: Path) -> list[dict[str, torch.Tensor]]:
@@ -91,9 +90,8 @@ def test_predict_seg_fast_path_equals_eager(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_segmenter("mobilenet_v3_small", 19, pool="global")
     calibrate_(model, lambda m: m(torch.rand(2, 3, 128, 160)))
-    info = {"task": "seg", "model": "lraspp_mobilenet_v3_small", "backbone": "mobilenet_v3_small",
-            "num_classes": 19, "head": "lraspp", "model_kwargs": {"pool": "global"}}
-    ckpt = save_atomic({"model": model.state_dict(), "run_info": info}, tmp_path / "last.pt")
+    # crop = base size = the images' size: the run's eval resolution is the images' own
+    ckpt = save_model_checkpoint(model, CityscapesDataSpec(root=str(tmp_path), crop=(96, 192)), tmp_path / "last.pt")
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
     for i in range(2):

@@ -151,7 +151,7 @@ def _seg_pair(device: str) -> tuple[nn.Module, nn.Module, nn.Module, Callable[[T
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large as tv_lraspp
 
     from mobiledense.heads import optimize_for_inference
-    from mobiledense.heads.lraspp import lraspp_from_torchvision, lraspp_mobilenet_v3_large
+    from mobiledense.heads import lraspp_from_torchvision, lraspp_mobilenet_v3_large
     from mobiledense.heads.segmenter import Normalize
 
     torch.manual_seed(0)

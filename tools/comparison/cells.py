@@ -95,13 +95,11 @@ class Recipe:
     seed: int = 0
 
     def train_config(self, task: str, workers: int = 0) -> TrainConfig:
-        cfg = TrainConfig(
+        return TrainConfig.parse(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.det_lr if task == "det" else self.seg_lr,
             optimizer="adamw", weight_decay=self.weight_decay, schedule="cosine",
             warmup_iters=self.warmup_iters, warmup_factor=0.1, bn_momentum=0.1, workers=workers,
             seed=self.seed, eval_every=0, keep_checkpoints=1, max_steps_per_epoch=self.max_steps_per_epoch)
-        cfg.validate()
-        return cfg
 
     def input_size(self, task: str) -> tuple[int, int]:
         return (self.det_size, self.det_size) if task == "det" else tuple(self.seg_size)  # type: ignore[return-value]

@@ -42,9 +42,12 @@ import torch
 from torch import Tensor, nn
 
 from mobiledense.backbones import Backbone, count_madds, count_params
-from mobiledense.tools.engine import Trainer
+from mobiledense.heads import build_model_spec, create_model
+from mobiledense.heads.inference import inference_model
+from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec, RunSpec, Trainer
+from mobiledense.tools.engine.tasks import DetectionTask, SegmentationTask, complete_model_spec, match_categories
 
-from .cells import Cell, DataSpec, Measurement, Recipe
+from .cells import DET_HEAD, Cell, DataSpec, Measurement, Recipe
 from .report import write_report
 
 __all__ = ["TaskData", "ResultStore", "load_task_data", "build_model", "find_backbone", "freeze_backbone",
@@ -53,63 +56,61 @@ __all__ = ["TaskData", "ResultStore", "load_task_data", "build_model", "find_bac
 
 log = logging.getLogger("mobiledense.compare")
 
-TASKS = ("det", "seg")
-DET_HEAD = "ssdlite"
-METRIC = {"det": "mAP", "seg": "mIoU"}
-
+_TASKS = {"det": DetectionTask, "seg": SegmentationTask}
 
 # --------------------------------------------------------------------------- data
 
 
 @dataclass
 class TaskData:
+    """One task's datasets, shared by every cell of that task, and the data spec they were read from."""
+
+    task: str
     train: Any
     val: Any
-    collate: Callable[[list], Any]
-    num_classes: int
+    data: Any  # CocoDataSpec | CityscapesDataSpec, absolute paths
+    class_info: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_info["num_classes"])
+
+    @property
+    def collate(self) -> Callable[[list], Any]:
+        return _TASKS[self.task].collate
 
 
-def _collate_seg(samples: list) -> tuple[Tensor, Tensor]:
-    images, masks = zip(*samples)
-    return torch.stack(images), torch.stack(masks)
+def _data_spec(task: str, spec: DataSpec, recipe: Recipe) -> Any:
+    """The engine's data spec of ``task`` under the comparison's one recipe."""
+    if task == "det":
+        return CocoDataSpec(train_images=spec.det_train_images, train_ann=spec.det_train_ann,
+                            val_images=spec.det_val_images, val_ann=spec.det_val_ann,
+                            synthetic_images=None if spec.det_train_ann else spec.synthetic_images, augment="ssdlite")
+    size = tuple(recipe.seg_size)
+    return CityscapesDataSpec(root=spec.seg_root, train_split=spec.seg_train_split, val_split=spec.seg_val_split,
+                              synthetic_frames=None if spec.seg_root else spec.synthetic_frames, base_size=size,
+                              crop=size, scale_range=recipe.seg_scale, eval_scale=1.0)
 
 
 def load_task_data(task: str, spec: DataSpec, recipe: Recipe, data_dir: Path) -> TaskData:
-    """Train/val datasets of ``task``; synthetic ones are generated under ``data_dir`` once."""
-    from mobiledense.datasets import (CityscapesSegmentation, CocoDetection, build_det_transforms,
-                                      build_seg_transforms, collate_detection, make_synthetic_cityscapes,
-                                      make_synthetic_coco)
-
-    if task == "det":
-        if spec.det_train_ann:
-            paths = [(spec.det_train_images, spec.det_train_ann), (spec.det_val_images, spec.det_val_ann)]
-        else:
-            root = data_dir / "det"
-            if not (root / "annotations" / "instances_val.json").exists():  # written last
-                log.info("writing %d synthetic detection images to %s", spec.synthetic_images, root)
-                make_synthetic_coco(root, num_images=spec.synthetic_images, seed=0)
-            paths = [(root / "images" / s, root / "annotations" / f"instances_{s}.json") for s in ("train", "val")]
-        tf = build_det_transforms("ssdlite", recipe.det_size, train=True)
-        train, val = CocoDetection(*paths[0], transforms=tf), CocoDetection(*paths[1])
-        if train.label_to_category_id != val.label_to_category_id:
-            raise ValueError(f"{train.ann_file} and {val.ann_file} have different categories")
-        return TaskData(train, val, collate_detection, train.num_classes)
-    size = tuple(recipe.seg_size)
-    root = spec.seg_root
-    if root is None:
-        root = make_synthetic_cityscapes(data_dir / "seg", num_train=spec.synthetic_frames,
-                                         num_val=max(spec.synthetic_frames // 4, 4), size=size, seed=0)
-    train = CityscapesSegmentation(root, spec.seg_train_split, transforms=build_seg_transforms(
-        True, crop_size=size, base_size=size, scale_range=recipe.seg_scale))
+    """Train/val datasets of ``task``; synthetic ones are generated under ``data_dir/<task>`` once."""
+    data = _TASKS[task].prepare(_data_spec(task, spec, recipe), Path(data_dir) / task)
+    probe = RunSpec(model=build_model_spec(task, DET_HEAD if task == "det" else "lraspp", "mobilenet_v3_small",
+                                           num_classes=2, **({"size": recipe.det_size} if task == "det" else {})),
+                    data=data)
+    runner = _TASKS[task](probe)
+    train = runner.train_set()
     try:
-        val = CityscapesSegmentation(root, spec.seg_val_split, transforms=build_seg_transforms(False, base_size=size))
+        val = runner.val_set()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}\n(no images in the {spec.seg_val_split!r} split: pass --seg-val-split with a "
                                 "split that has leftImg8bit images, e.g. 'train' for ../shared/data/cityscapes)") from e
-    if spec.seg_val_split == spec.seg_train_split:
+    if task == "det":
+        match_categories(complete_model_spec(probe, train).model, val, val.ann_file)
+    elif spec.seg_val_split == spec.seg_train_split:
         log.warning("segmentation is evaluated on its training frames (%s): scores measure fitting, "
                     "not generalisation", spec.seg_train_split)
-    return TaskData(train, val, _collate_seg, train.num_classes)
+    return TaskData(task, train, val, data, runner.class_info(train))
 
 
 # --------------------------------------------------------------------------- models
@@ -125,21 +126,23 @@ def _weights_file(folder: str | None, backbone: str) -> str | None:
     return None
 
 
-def build_model(cell: Cell, num_classes: int, recipe: Recipe) -> nn.Module:
+def cell_spec(cell: Cell, data: TaskData, recipe: Recipe, workers: int = 0) -> RunSpec:
+    """The run spec of one cell: its model on the task's data under the one recipe.
+
+    Its checkpoints carry it, so ``mobiledense eval`` / ``export --checkpoint`` rebuild the
+    cell's model and data with no other flag.
+    """
+    options = {"size": recipe.det_size} if cell.task == "det" else {}
+    model = build_model_spec(cell.task, cell.head, cell.backbone, num_classes=data.num_classes, **options)
+    train = recipe.train_config(cell.task, workers).replace(
+        weights_backbone=_weights_file(recipe.backbone_weights, cell.backbone))
+    return RunSpec(model=model.replace(**data.class_info), data=data.data, recipe=train)
+
+
+def build_model(cell: Cell, data: TaskData, recipe: Recipe) -> nn.Module:
     """The network of ``cell`` (random init unless ``recipe.backbone_weights`` has the backbone's file)."""
-    weights = _weights_file(recipe.backbone_weights, cell.backbone)
-    if cell.task == "det":
-        from mobiledense.heads import create_detector
-
-        return create_detector(f"ssdlite_{cell.backbone}", num_classes=num_classes, size=recipe.det_size,
-                               weights_backbone=weights)
-    if cell.head == "lraspp":
-        from mobiledense.heads.lraspp import create_segmenter
-
-        return create_segmenter(cell.backbone, num_classes, backbone_weights=weights)
-    from mobiledense.heads.smp_encoders import create_smp_model
-
-    return create_smp_model(cell.head, cell.backbone, num_classes, backbone_weights=weights)
+    spec = cell_spec(cell, data, recipe)
+    return create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
 
 
 def find_backbone(model: nn.Module) -> Backbone:
@@ -188,23 +191,6 @@ def inference_net(model: nn.Module, cell: Cell) -> nn.Module:
 # --------------------------------------------------------------------------- one cell
 
 
-def _det_loss(net: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
-    return net(images, targets)
-
-
-class _SegLoss:
-    def __init__(self) -> None:
-        from mobiledense.heads.seg_losses import build_seg_loss
-
-        self.criterion = build_seg_loss("ce", ignore_index=255)
-
-    def __call__(self, net: nn.Module, images: Tensor, masks: Tensor) -> dict[str, Tensor]:
-        logits = net(images)
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        return {"seg": self.criterion(logits, masks)}
-
-
 def train_model(model: nn.Module, cell: Cell, data: TaskData, recipe: Recipe, workdir: Path, *,
                 workers: int = 0, progress: bool = False) -> dict[str, float]:
     """Train with the shared Trainer (resuming ``workdir``'s checkpoint if any); throughput stats.
@@ -212,9 +198,9 @@ def train_model(model: nn.Module, cell: Cell, data: TaskData, recipe: Recipe, wo
     ``train_images_per_s`` is the median over epochs of the Trainer's end-to-end rate
     (data loading included), so one slow first epoch does not dominate.
     """
-    cfg = recipe.train_config(cell.task, workers)
-    trainer = Trainer(model, data.train, data.collate, _det_loss if cell.task == "det" else _SegLoss(), cfg,
-                      workdir, run_info={"task": cell.task, "model": cell.key, "num_classes": data.num_classes},
+    spec = cell_spec(cell, data, recipe, workers)
+    runner = _TASKS[cell.task](spec)
+    trainer = Trainer(model, data.train, runner.collate, runner.loss, spec.recipe, workdir, spec=spec,
                       progress=progress)
     trainer.resume("auto")
     trainer.fit()
@@ -226,16 +212,13 @@ def train_model(model: nn.Module, cell: Cell, data: TaskData, recipe: Recipe, wo
 
 
 def evaluate_model(model: nn.Module, cell: Cell, data: TaskData, batch_size: int = 8) -> dict[str, float]:
-    """``{"mAP", "AP50"}`` (COCO) or ``{"mIoU", "pixel_acc"}`` on the val set."""
-    from mobiledense.tools.evaluation import evaluate_detector, evaluate_segmenter
-
+    """``{"mAP", "AP50"}`` (COCO) or ``{"mIoU", "pixel_acc"}`` on the val set, as ``mobiledense eval`` runs it."""
     device = next(model.parameters()).device
-    if cell.task == "det":
-        result, _ = evaluate_detector(model, data.val, batch_size=batch_size, device=device, progress=False)
-        stats = result.as_dict()
-        return {"mAP": stats["AP"], "AP50": stats["AP50"]}
-    m = evaluate_segmenter(model, data.val, device=device, progress=False)
-    return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}
+    spec = cell_spec(cell, data, Recipe(batch_size=batch_size))
+    metrics, _ = _TASKS[cell.task](spec).evaluate(inference_model(model, device), data.val, device=device,
+                                                  batch_size=batch_size, progress=False)
+    keep = ("mAP", "AP50") if cell.task == "det" else ("mIoU", "pixel_acc")
+    return {k: float(metrics[k]) for k in keep}
 
 
 def measure_latency(net: nn.Module, x: Tensor, *, runs: int = 20, warmup: int = 5,
@@ -275,7 +258,7 @@ def run_cell(cell: Cell, recipe: Recipe, data: TaskData, workdir: Path, measurem
     """Build, train, evaluate and measure one cell; returns its JSON-able result."""
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)  # same init whatever the cell order
-    model = build_model(cell, data.num_classes, recipe)
+    model = build_model(cell, data, recipe)
     backbone = freeze_backbone(model) if recipe.frozen_backbone else find_backbone(model)
     train = train_model(model, cell, data, recipe, workdir, workers=workers, progress=progress)
     metrics = evaluate_model(model, cell, data, recipe.batch_size)

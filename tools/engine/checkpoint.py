@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "CheckpointManager"]
+__all__ = ["save_atomic", "write_text_atomic", "load_checkpoint", "CheckpointManager"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,6 +49,24 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write a text file atomically (temp file + fsync + rename), readable by everyone (0644)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and a clear error on failure."""
     path = Path(path)
@@ -67,8 +86,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
+def _link_atomic(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link of ``src`` (a copy where links are not supported), atomically."""
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)  # same bytes, no second write
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 class CheckpointManager:
-    """Numbered checkpoints in one folder, the last ``keep`` kept, ``last.pt`` pointing at the newest."""
+    """Numbered checkpoints in one folder, the last ``keep`` kept, ``last.pt`` pointing at the newest.
+
+    ``best.pt`` (:meth:`mark_best`) is a link to the best checkpoint so far; it survives the
+    rotation of the numbered files.
+    """
 
     PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 
@@ -80,17 +114,20 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = save_atomic(state, self.directory / f"checkpoint_{step:08d}.pt")
-        last = self.directory / "last.pt"
-        tmp = self.directory / ".last.pt.link"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)  # same bytes, no second write
-        except OSError:
-            save_atomic(state, tmp)
-        os.replace(tmp, last)
+        _link_atomic(path, self.directory / "last.pt")
         for old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.pt"
+
+    def mark_best(self, path: str | Path) -> Path:
+        """Make ``best.pt`` the checkpoint ``path`` (a file this manager saved)."""
+        _link_atomic(Path(path), self.best_path)
+        _fsync_dir(self.directory)
+        return self.best_path
 
     def checkpoints(self) -> list[Path]:
         if not self.directory.is_dir():

@@ -1,75 +1,76 @@
-"""The training recipe: optimiser, schedule, epochs, batch, guards (one typed dataclass)."""
+"""The training recipe: optimiser, schedule, epochs, batch, precision, guards (one typed, frozen spec)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import ClassVar, Literal
 
-__all__ = ["TrainConfig"]
+import torch
+from pydantic import Field
+
+from mobiledense.heads.spec import Spec
+
+__all__ = ["TrainConfig", "OPERATIONAL_FIELDS", "Precision"]
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+#: Fields that change how a run is carried out, not what it computes: a resumed run may change
+#: them freely (the trajectory stays the same). Every other field is part of the run's identity.
+OPERATIONAL_FIELDS = frozenset({
+    "workers", "eval_every", "ckpt_every_steps", "keep_checkpoints", "max_nonfinite", "max_bad_samples",
+    "max_worker_restarts", "log_every", "tensorboard", "deterministic", "channels_last",
+})
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation recipe; every field is saved beside the checkpoints."""
+class TrainConfig(Spec):
+    """Optimisation recipe; saved in ``config.json`` and in every checkpoint (``RunSpec.recipe``)."""
 
-    epochs: int = 660
-    batch_size: int = 24
-    lr: float = 0.15
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
-    poly_power: float = 0.9
-    min_lr: float = 0.0
-    warmup_iters: int = 1000
-    warmup_factor: float = 1e-3
-    amp: bool = True  # only takes effect on CUDA
-    channels_last: bool = True  # NHWC activations: ~1.3x faster CPU training steps (mobiledense bench --only train)
-    ema: bool = False
-    ema_decay: float = 0.9998
-    clip_grad_norm: float | None = None
-    #: Override every BatchNorm's momentum (None keeps the model's). Short runs want ~0.1:
-    #: with MobileNetV3's 0.01 the running statistics lag far behind the weights.
-    bn_momentum: float | None = None
-    workers: int = 4
-    seed: int = 0
-    deterministic: bool = False
-    eval_every: int = 1  # epochs; 0 = never
-    ckpt_every_steps: int = 0  # extra mid-epoch checkpoints; 0 = only at epoch ends
-    keep_checkpoints: int = 3
-    max_nonfinite: int = 10
-    max_bad_samples: int = 100
-    max_worker_restarts: int = 3  # DataLoader worker deaths survived per run (loader rebuilt)
-    max_steps_per_epoch: int = 0  # 0 = full epoch (for smoke runs)
-    log_every: int = 20
-    tensorboard: bool = False
+    what: ClassVar[str] = "training config"
 
-    def validate(self) -> None:
-        """Raise ValueError naming each invalid field and what is allowed."""
-        errors = []
-        positive = ("epochs", "batch_size", "lr", "keep_checkpoints", "max_nonfinite")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "momentum", "warmup_iters", "workers", "eval_every",
-                     "ckpt_every_steps", "max_steps_per_epoch", "max_bad_samples", "min_lr",
-                     "max_worker_restarts"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.optimizer not in ("sgd", "adamw"):
-            errors.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "poly", "constant"):
-            errors.append(f"schedule must be 'cosine', 'poly' or 'constant', got {self.schedule!r}")
-        if not 0 < self.warmup_factor <= 1:
-            errors.append(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        if not 0 < self.ema_decay < 1:
-            errors.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
-            errors.append(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            errors.append(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
-        if errors:
-            raise ValueError("invalid training config: " + "; ".join(errors))
+    epochs: int = Field(660, gt=0, description="passes over the training set")
+    batch_size: int = Field(24, gt=0, description="images per step and process")
+    lr: float = Field(0.15, gt=0, description="peak learning rate (after warm-up)")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    weight_decay: float = Field(4e-5, ge=0, description="on weights; none on norms and biases")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    poly_power: float = Field(0.9, gt=0, description="exponent of the poly schedule")
+    min_lr: float = Field(0.0, ge=0, description="learning rate the schedule ends at")
+    warmup_iters: int = Field(1000, ge=0, description="steps of linear warm-up")
+    warmup_factor: float = Field(1e-3, gt=0, le=1, description="warm-up starts at lr x this")
+    precision: Precision = Field("auto", description="auto: fp16 autocast on CUDA, fp32 on CPU; the spec "
+                                                     "stored with a run holds the precision actually used")
+    channels_last: bool = Field(True, description="NHWC activations (~1.3x faster CPU steps, mobiledense bench)")
+    ema: bool = Field(False, description="keep an exponential moving average of the weights (evaluated, saved)")
+    ema_decay: float = Field(0.9998, gt=0, lt=1)
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    #: Short runs want ~0.1: with MobileNetV3's 0.01 the running statistics lag far behind the weights.
+    bn_momentum: float | None = Field(None, gt=0, le=1, description="override every BatchNorm's momentum")
+    seg_loss: str = Field("ce", description="segmentation loss: ce, dice, focal, lovasz or sums like "
+                                            "ce+0.5*lovasz (detection losses are the head's: SSDLiteSpec.loss)")
+    weights_backbone: str | None = Field(None, description="local backbone state_dict the run started from")
+    world_size: int | None = Field(None, ge=1, description="processes of the run (filled in when it starts)")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes")
+    seed: int = Field(0, description="seeds initial weights, sample order and augmentation")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    eval_every: int = Field(1, ge=0, description="epochs between evaluations; 0 = never")
+    ckpt_every_steps: int = Field(0, ge=0, description="extra mid-epoch checkpoints; 0 = epoch ends only")
+    keep_checkpoints: int = Field(3, gt=0, description="numbered checkpoints kept (best.pt is kept apart)")
+    max_nonfinite: int = Field(10, gt=0, description="non-finite losses in a row before the run stops")
+    max_bad_samples: int = Field(100, ge=0, description="unreadable samples skipped before the run stops")
+    max_worker_restarts: int = Field(3, ge=0, description="DataLoader worker deaths survived")
+    max_steps_per_epoch: int = Field(0, ge=0, description="cap per epoch (smoke runs); 0 = full epochs")
+    log_every: int = Field(20, gt=0, description="steps between progress-bar updates of the loss")
+    tensorboard: bool = Field(False, description="also log to OUTPUT/tb (pip install tensorboard)")
+
+    def resolve(self, device: torch.device, world_size: int) -> "TrainConfig":
+        """The recipe as this run carries it out: the precision actually used and the world size."""
+        precision = self.precision
+        if precision == "auto":
+            precision = "fp16" if device.type == "cuda" else "fp32"
+        elif precision == "fp16" and device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA (on CPU use bf16, which needs no loss scaling, or fp32)")
+        return self.replace(precision=precision, world_size=world_size)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
@@ -84,4 +85,3 @@ class TrainConfig:
             alpha = step / self.warmup_iters
             lr *= self.warmup_factor * (1 - alpha) + alpha
         return lr
-

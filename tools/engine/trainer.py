@@ -22,25 +22,24 @@ What it guarantees:
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointManager, load_checkpoint
+from .checkpoint import CheckpointManager, load_checkpoint, write_text_atomic
 from .data import (LOADER_ERRORS, ResumableSampler, SeededDataset, crash_summary, is_worker_crash,
                    iter_without_async_worker_errors, mix_seed, skip_none_collate, worker_init)
 from .distributed import init_distributed, is_main_process
+from .hooks import HookBase, default_hooks
 from .recipe import TrainConfig
+from .spec import RunSpec, identity_changes
 
 __all__ = ["Trainer", "TrainingAborted"]
 
@@ -78,10 +77,15 @@ class Trainer:
         train_set: map-style dataset; samples go through ``collate``.
         collate: batch builder (e.g. ``collate_detection``).
         loss_fn: ``(model, inputs, targets) -> dict of losses`` (summed for backward).
-        cfg: the recipe.
+        cfg: the recipe; resolved for this run (precision actually used, world size) in ``self.cfg``.
         output_dir: checkpoints, ``log.csv``, ``config.json``.
         eval_fn: optional ``(model, epoch) -> metrics``, run on rank 0 every ``cfg.eval_every``.
-        run_info: extra JSON-able facts saved in checkpoints (model name, num_classes...).
+        spec: the :class:`~mobiledense.tools.engine.spec.RunSpec` of the run: written to
+            ``config.json`` and into every checkpoint (its recipe replaced by the resolved
+            ``cfg``); a resumed run must match it (see :meth:`resume`).
+        main_metric: the ``eval_fn`` result that picks ``checkpoints/best.pt`` (higher is better).
+        allow_changes: spec fields a resumed run may change (``epochs``, ``recipe.lr`` ...).
+        hooks: replaces :func:`~mobiledense.tools.engine.hooks.default_hooks`.
     """
 
     model: nn.Module
@@ -91,13 +95,18 @@ class Trainer:
     cfg: TrainConfig
     output_dir: Path
     eval_fn: EvalFn | None = None
-    run_info: dict[str, Any] = field(default_factory=dict)
+    spec: RunSpec | None = None
+    main_metric: str | None = None
     progress: bool = True
+    allow_changes: Sequence[str] = ()
+    hooks: list[HookBase] | None = None
 
     def __post_init__(self) -> None:
-        self.cfg.validate()
         self.output_dir = Path(self.output_dir)
         self.rank, self.world, self.device = init_distributed()
+        self.cfg = self.cfg.resolve(self.device, self.world)
+        if self.spec is not None:
+            self.spec = self.spec.replace(recipe=self.cfg)
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -109,8 +118,8 @@ class Trainer:
         self.model.to(self.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.amp = self.cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.optimizer = self._build_optimizer()
         self.ema = None
         if self.cfg.ema:
@@ -138,7 +147,10 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.nonfinite_total, self.nonfinite_run, self.bad_samples = 0, 0, 0
         self.worker_restarts = 0
-        self.best: dict[str, float] = {}
+        self.best: dict[str, Any] = {}
+        self.hooks = list(self.hooks if self.hooks is not None else default_hooks(self.eval_fn, self.main_metric))
+        for hook in self.hooks:
+            hook.trainer = self
 
     # ----------------------------------------------------------------- pieces
 
@@ -177,22 +189,35 @@ class Trainer:
             "counters": {"nonfinite_total": self.nonfinite_total, "bad_samples": self.bad_samples,
                          "worker_restarts": self.worker_restarts},
             "best": dict(self.best),
-            "config": dataclasses.asdict(self.cfg),
-            "run_info": self.run_info,
+            "recipe": self.cfg.model_dump(mode="json"),
         }
+        if self.spec is not None:
+            state["spec"] = self.spec.to_dict()
         if self.ema is not None:
             state["model_ema"] = self.ema.module.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def check_resumable(self, state: dict[str, Any], path: str | Path) -> None:
+        """Refuse to continue ``path`` with another spec, naming every changed field.
+
+        Operational fields (workers, eval_every, keep_checkpoints ...) may change; any other
+        field only when ``allow_changes`` names it: a changed learning rate, batch size,
+        seed, input size or number of epochs would silently bend the trajectory.
+        """
+        if self.spec is None or "spec" not in state:
+            return
+        stored = RunSpec.from_dict(state["spec"], path)
+        changed = identity_changes(stored, self.spec, self.allow_changes)
+        if changed:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
+            names = " ".join(k for k, _, _ in changed)
+            raise ValueError(
+                f"{path} was trained with another spec ({listed}). Resuming would continue a different run: "
+                f"use a new --output-dir, the same options, or --allow-change {names} to continue anyway")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        info = state.get("run_info", {})
-        for key in ("model", "num_classes"):
-            if key in info and key in self.run_info and info[key] != self.run_info[key]:
-                raise ValueError(
-                    f"checkpoint was trained with {key}={info[key]!r} but this run has "
-                    f"{key}={self.run_info[key]!r}; use a fresh --output-dir or matching options")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -216,14 +241,22 @@ class Trainer:
             path = self.ckpts.latest()
             if path is None:
                 return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        self.check_resumable(state, path)
+        self.load_state_dict(state)
         if is_main_process():
             log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
         return True
 
-    def _save(self) -> None:
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current state (rank 0); returns its path."""
         if is_main_process():
-            self.ckpts.save(self.state_dict(), self.step)
+            return self.ckpts.save(self.state_dict(), self.step)
+        return None
+
+    def eval_model(self) -> nn.Module:
+        """What evaluation and the saved ``model_ema`` use: the EMA weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ----------------------------------------------------------------- loop
 
@@ -231,7 +264,8 @@ class Trainer:
         lr = self.cfg.lr_at(self.step, self.total_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
             losses = self.loss_fn(self.net, inputs, targets)
         loss = sum(losses.values())
         finite = torch.isfinite(loss.detach()).float()
@@ -263,25 +297,26 @@ class Trainer:
         return out
 
     def fit(self) -> dict[str, float]:
-        """Train to ``cfg.epochs``; returns the last metrics."""
+        """Train to ``cfg.epochs``; returns the last epoch's metrics."""
         if is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            import json
-
-            (self.output_dir / "config.json").write_text(json.dumps(
-                {"train": dataclasses.asdict(self.cfg), **self.run_info}, indent=2, default=str))
+            if self.spec is not None:
+                self.spec.write(self.output_dir / "config.json")
+            else:
+                write_text_atomic(self.cfg.model_dump_json(indent=2) + "\n", self.output_dir / "config.json")
             for stale in (self.output_dir / "checkpoints").glob(".*.tmp"):  # a run killed mid-write
                 stale.unlink(missing_ok=True)
+        for hook in self.hooks:
+            hook.before_train()
         metrics: dict[str, float] = {}
         while self.epoch < self.cfg.epochs:
             metrics = self._run_epoch()
             self.epoch += 1
             self.batch_in_epoch = 0
-            if self.eval_fn is not None and self.cfg.eval_every and (
-                    self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
-                metrics.update(self._evaluate())
-            self._save()
-            self._log_csv(metrics)
+            for hook in self.hooks:
+                hook.after_epoch(metrics)
+        for hook in self.hooks:
+            hook.after_train()
         return metrics
 
     def _run_epoch(self) -> dict[str, float]:
@@ -313,9 +348,8 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             bar.update()
-            if self.cfg.ckpt_every_steps and self.step % self.cfg.ckpt_every_steps == 0 \
-                    and self.batch_in_epoch < self.steps_per_epoch:
-                self._save()
+            for hook in self.hooks:
+                hook.after_step(out if batch is not None else None)
         bar.close()
         elapsed = time.perf_counter() - t0
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
@@ -353,43 +387,3 @@ class Trainer:
                 log.warning("%s: restarting the data loader at epoch %d, batch %d (%d/%d restarts)",
                             first, self.epoch + 1, self.batch_in_epoch, self.worker_restarts,
                             self.cfg.max_worker_restarts)
-
-    def _evaluate(self) -> dict[str, float]:
-        results: dict[str, float] = {}
-        if is_main_process():
-            model = self.ema.module if self.ema is not None else self.model
-            model.eval()
-            with torch.no_grad():
-                results = self.eval_fn(model, self.epoch)  # type: ignore[misc]
-            log.info("eval after epoch %d: %s", self.epoch,
-                     ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
-        if self.world > 1:
-            dist.barrier()
-        return results
-
-    def _log_csv(self, metrics: dict[str, float]) -> None:
-        if not is_main_process():
-            return
-        path = self.output_dir / "log.csv"
-        rows: list[dict[str, Any]] = []
-        if path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["epoch"])) < metrics["epoch"]]
-        rows.append(metrics)
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        if self.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            with SummaryWriter(str(self.output_dir / "tb")) as w:
-                for k, v in metrics.items():
-                    w.add_scalar(k, v, int(metrics["epoch"]))
-
-

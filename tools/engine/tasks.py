@@ -1,0 +1,354 @@
+"""What a detection or segmentation run needs from its :class:`RunSpec`: data, loss, evaluation, metric.
+
+:func:`task_for` gives the :class:`DetectionTask` or :class:`SegmentationTask` of a spec;
+:func:`prepare_data` resolves the data part (absolute paths, the synthetic set written once
+when no data is given); :func:`complete_model_spec` fills in the classes from the training
+set; :func:`train` is the Python API the ``train`` commands call; :func:`load_trained_model`
+rebuilds a model and its spec from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobiledense.datasets import collate_detection
+from mobiledense.heads import create_model
+from mobiledense.heads.inference import inference_model
+from mobiledense.heads.spec import ModelSpec
+
+from .checkpoint import load_checkpoint
+from .distributed import configure_logging, is_main_process
+from .spec import CityscapesDataSpec, CocoDataSpec, RunSpec
+
+__all__ = ["DetectionTask", "SegmentationTask", "task_for", "prepare_data", "complete_model_spec",
+           "match_categories", "build_model", "train", "load_trained_model", "save_model_checkpoint",
+           "summarize_load_error"]
+
+log = logging.getLogger("mobiledense.train")
+
+
+def _abs(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+class DetectionTask:
+    """SSDLite on COCO-format data: COCO mAP is the main metric."""
+
+    name, metric = "det", "mAP"
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.data = spec, spec.data
+
+    @staticmethod
+    def prepare(data: CocoDataSpec, synthetic_root: Path) -> CocoDataSpec:
+        """Absolute paths; without a train json, the synthetic shapes written (once) to ``synthetic_root``."""
+        if data.train_ann is not None:
+            return data.replace(train_images=_abs(data.train_images), train_ann=_abs(data.train_ann),
+                                val_images=_abs(data.val_images or (data.train_images if data.val_ann else None)),
+                                val_ann=_abs(data.val_ann))
+        from mobiledense.datasets import make_synthetic_coco
+        from mobiledense.datasets.io import materialize_once
+
+        n = data.synthetic_images or 600
+        root = synthetic_root.resolve()
+        if not root.exists():
+            log.info("writing %d synthetic images to %s", n, root)
+        materialize_once(root, lambda d: make_synthetic_coco(d, num_images=n, seed=0))
+        return data.replace(synthetic_images=n, train_images=str(root / "images" / "train"),
+                            train_ann=str(root / "annotations" / "instances_train.json"),
+                            val_images=str(root / "images" / "val"),
+                            val_ann=str(root / "annotations" / "instances_val.json"))
+
+    def train_set(self) -> Any:
+        from mobiledense.datasets import CocoDetection, build_det_transforms
+
+        size = self.spec.model.input_size
+        train = CocoDetection(self.data.train_images, self.data.train_ann, label_mapping=self.data.label_mapping,
+                              transforms=build_det_transforms(self.data.augment, size, train=True))
+        if len(train) == 0:
+            raise ValueError(f"{train.ann_file} lists no images: nothing to train on")
+        return train
+
+    def val_set(self, images: str | None = None, ann: str | None = None) -> Any:
+        """The evaluation set: the spec's val data, or ``images`` / ``ann`` given instead."""
+        from mobiledense.datasets import CocoDetection
+
+        ann = ann or self.data.val_ann
+        if ann is None:
+            return None
+        images = images or self.data.val_images or self.data.train_images
+        return CocoDetection(images, ann, label_mapping=self.data.label_mapping)
+
+    @staticmethod
+    def class_info(dataset: Any) -> dict[str, Any]:
+        """num_classes, class_names and category_ids of a training set (``N/A`` for unused ids)."""
+        n = dataset.num_classes
+        names = tuple(dataset.category_names.get(i, "N/A") for i in range(1, n))
+        ids = tuple(dataset.label_to_category_id.get(i, i) for i in range(1, n))
+        return {"num_classes": n, "class_names": names, "category_ids": ids}
+
+    collate = staticmethod(collate_detection)
+
+    @staticmethod
+    def loss(net: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
+        return net(images, targets)
+
+    def evaluate(self, model: nn.Module, dataset: Any, *, device: torch.device | str = "cpu",
+                 batch_size: int | None = None, workers: int = 0, progress: bool = True,
+                 label_to_category_id: dict[int, int] | None = None, backend: str = "auto") -> tuple[dict, Any]:
+        """``({"mAP", "AP50", "AP75"}, (CocoEvalResult, detections))``."""
+        from mobiledense.tools.evaluation import evaluate_detector
+
+        result, detections = evaluate_detector(
+            model, dataset, batch_size=batch_size or self.spec.recipe.batch_size, workers=workers, device=device,
+            progress=progress, label_to_category_id=label_to_category_id, backend=backend)
+        stats = result.as_dict()
+        return {"mAP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}, (result, detections)
+
+
+def _collate_seg(samples: list) -> tuple[Tensor, Tensor]:
+    images, masks = zip(*samples)
+    return torch.stack(images), torch.stack(masks)
+
+
+class SegmentationTask:
+    """A segmenter on Cityscapes-layout data: mIoU is the main metric."""
+
+    name, metric = "seg", "mIoU"
+    collate = staticmethod(_collate_seg)
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.data = spec, spec.data
+        self._criterion: Any = None
+
+    @staticmethod
+    def prepare(data: CityscapesDataSpec, synthetic_root: Path) -> CityscapesDataSpec:
+        """Absolute root; without one, the synthetic streets written (once) to ``synthetic_root``."""
+        if data.root is not None:
+            return data.replace(root=_abs(data.root))
+        from mobiledense.datasets.io import materialize_once
+        from mobiledense.datasets.synthetic_seg import make_synthetic_cityscapes
+
+        n = data.synthetic_frames or 160
+        base = data.base_size or data.crop
+        root = synthetic_root.resolve()
+        if not root.exists():
+            log.info("writing %d synthetic frames to %s", n, root)
+        materialize_once(root, lambda d: make_synthetic_cityscapes(d, num_train=n, num_val=max(n // 4, 4),
+                                                                   size=base, seed=0))
+        return data.replace(root=str(root), synthetic_frames=n)
+
+    def train_set(self) -> Any:
+        from mobiledense.datasets import CityscapesSegmentation, build_seg_transforms
+
+        d = self.data
+        tf = build_seg_transforms(True, crop_size=d.crop, base_size=d.base_size or d.crop, scale_range=d.scale_range)
+        return CityscapesSegmentation(d.root, d.train_split, transforms=tf)
+
+    def val_set(self, root: str | None = None, split: str | None = None, base_size: Any = None,
+                eval_scale: float | None = None) -> Any:
+        """The evaluation set at the run's resolution (``base_size``, ``eval_scale``), or the overrides given."""
+        from mobiledense.datasets import CityscapesSegmentation, build_seg_transforms
+
+        d = self.data
+        split = split or d.val_split
+        if split is None:
+            return None
+        base = tuple(base_size) if base_size else (d.base_size or d.crop)
+        tf = build_seg_transforms(False, base_size=base, eval_scale=eval_scale or d.eval_scale)
+        return CityscapesSegmentation(root or d.root, split, transforms=tf)
+
+    @staticmethod
+    def class_info(dataset: Any) -> dict[str, Any]:
+        return {"num_classes": dataset.num_classes, "class_names": tuple(dataset.class_names)}
+
+    def loss(self, net: nn.Module, images: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        if self._criterion is None:
+            from mobiledense.heads.seg_losses import build_seg_loss
+
+            self._criterion = build_seg_loss(self.spec.recipe.seg_loss, ignore_index=255)
+        logits = net(images)
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        return {"seg": self._criterion(logits, masks)}
+
+    def evaluate(self, model: nn.Module, dataset: Any, *, device: torch.device | str = "cpu", workers: int = 0,
+                 progress: bool = True, on_prediction: Any = None, **_: Any) -> tuple[dict, Any]:
+        """``({"mIoU", "pixel_acc"}, SegMetrics)``."""
+        from mobiledense.tools.evaluation import evaluate_segmenter
+
+        m = evaluate_segmenter(model, dataset, device=device, workers=workers, progress=progress,
+                               on_prediction=on_prediction)
+        return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}, m
+
+
+def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask:
+    return DetectionTask(spec) if spec.task == "det" else SegmentationTask(spec)
+
+
+def prepare_data(spec: RunSpec, output_dir: str | Path) -> RunSpec:
+    """``spec`` with absolute data paths; the default synthetic set written (once) in ``output_dir``."""
+    prepare = DetectionTask.prepare if spec.task == "det" else SegmentationTask.prepare
+    return spec.replace(data=prepare(spec.data, Path(output_dir) / "synthetic"))
+
+
+def complete_model_spec(spec: RunSpec, train_set: Any) -> RunSpec:
+    """The model spec's classes (count, names, category ids) taken from the training set."""
+    info = task_for(spec).class_info(train_set)
+    return spec.replace(model=spec.model.replace(**info))
+
+
+def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict[int, int]:
+    """Label -> category id of ``dataset`` for a detector's labels; refuses categories that differ.
+
+    The labels keep their ids where id and name agree; where a name has another id in
+    ``dataset`` the label is mapped by name (logged). A dataset whose category names are not
+    exactly the model's (others, fewer or more) is refused, naming the difference: its
+    scores would be computed against classes the model never learnt.
+    """
+    if not model.class_names:
+        return model.label_to_category_id()
+    cats = {int(c["id"]): str(c["name"]) for c in dataset.coco.dataset.get("categories", [])}
+    by_name = {name: cid for cid, name in cats.items()}
+    mine = {n for n in model.class_names if n != "N/A"}
+    if mine != set(by_name):
+        missing, extra = sorted(mine - set(by_name)), sorted(set(by_name) - mine)
+        raise ValueError(
+            f"{source}: its categories differ from the checkpoint's: the model predicts {len(mine)} classes "
+            f"({', '.join(sorted(mine)[:8])}{' ...' if len(mine) > 8 else ''})"
+            + (f"; missing from the json: {', '.join(missing[:8])}" if missing else "")
+            + (f"; not known to the model: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}" if extra else "")
+            + ". Evaluate on data with the categories the model was trained on")
+    mapping, moved = {}, []
+    for label, (name, cid) in enumerate(zip(model.class_names, model.category_ids or range(1, model.num_classes)),
+                                        start=1):
+        if name == "N/A":
+            continue
+        mapping[label] = by_name[name]
+        if by_name[name] != cid:
+            moved.append(f"{name!r} {cid} -> {by_name[name]}")
+    if moved:
+        log.warning("%s: category ids differ from the checkpoint's; mapped by name: %s", source, ", ".join(moved))
+    return mapping
+
+
+def build_model(spec: RunSpec) -> nn.Module:
+    """The run's network, initialised as training starts it (``recipe.weights_backbone``, else random)."""
+    return create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
+
+
+def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = "auto",
+          allow_changes: Sequence[str] = (), progress: bool = True) -> tuple[dict[str, float], Any]:
+    """Train the run ``spec`` describes into ``output_dir``; returns ``(last metrics, trainer)``.
+
+    The data is prepared (:func:`prepare_data`), the classes are read from the training set,
+    the model is built from the completed spec after seeding (same ``seed``, same initial
+    weights) and trained by :class:`~mobiledense.tools.engine.Trainer`, which evaluates on the
+    val set every ``eval_every`` epochs, keeps ``best.pt`` by the task's metric and writes
+    the spec to ``config.json`` and into every checkpoint.
+    """
+    from .data import seed_everything
+    from .trainer import Trainer
+
+    configure_logging()
+    out = Path(output_dir)
+    spec = prepare_data(spec, out)
+    seed_everything(spec.recipe.seed)  # the initial weights follow the seed (torch seeds randomly otherwise)
+    task = task_for(spec)
+    train_set = task.train_set()
+    spec = complete_model_spec(spec, train_set)
+    task = task_for(spec)
+    try:
+        val = task.val_set()
+    except FileNotFoundError as e:
+        if spec.task != "seg":
+            raise
+        log.warning("no validation set (%s): training without evaluation", e)
+        spec = spec.replace(data=spec.data.replace(val_split=None))
+        task, val = task_for(spec), None
+    extra: dict[str, Any] = {}
+    if isinstance(task, DetectionTask) and val is not None:
+        extra["label_to_category_id"] = match_categories(spec.model, val, spec.data.val_ann)
+    model = build_model(spec)
+    trainer: Any = None
+
+    def eval_fn(net: nn.Module, epoch: int) -> dict[str, float]:
+        # The inference copy eval/predict use by default, so `eval --checkpoint` reproduces these numbers.
+        metrics, _ = task.evaluate(inference_model(net, trainer.device), val, device=trainer.device,
+                                   progress=progress, **extra)
+        return metrics
+
+    trainer = Trainer(model, train_set, task.collate, task.loss, spec.recipe, out,
+                      eval_fn=eval_fn if val is not None else None, spec=spec, main_metric=task.metric,
+                      progress=progress, allow_changes=allow_changes)
+    trainer.resume(None if resume in (None, "none") else resume)
+    if trainer.epoch >= trainer.cfg.epochs and is_main_process():
+        log.info("already trained for %d epochs (see %s); nothing to do", trainer.cfg.epochs, out)
+    return trainer.fit(), trainer
+
+
+def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
+    """The gist of a ``load_state_dict`` RuntimeError: a few missing/unexpected/size-mismatch items.
+
+    torch lists every offending key; for a checkpoint of another architecture that is hundreds of
+    lines, of which the first few tell what is wrong.
+    """
+    parts = []
+    for line in str(e).splitlines()[1:] or str(e).splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key(s)", "Unexpected key(s)")):
+            head, _, keys = line.partition(": ")
+            names = [k.strip(' ".') for k in keys.split(",") if k.strip(' ".')]
+            more = f" and {len(names) - max_items} more" if len(names) > max_items else ""
+            parts.append(f"{head.lower()} {', '.join(names[:max_items])}{more}")
+        elif line.startswith("size mismatch") and sum("size mismatch" in p for p in parts) < max_items:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts) or str(e).strip().splitlines()[0]
+
+
+def load_trained_model(path: str | Path, task: str | None = None, prefer_ema: bool = True
+                       ) -> tuple[nn.Module, RunSpec]:
+    """Model (eval mode) + run spec from a training checkpoint (``last.pt``, ``best.pt``, ``checkpoint_*.pt``).
+
+    ``task`` ("det"/"seg") refuses a checkpoint of the other task; None takes either. The
+    EMA weights are used when the run kept them (as its own evaluation did).
+    """
+    ckpt = load_checkpoint(path)
+    if "spec" not in ckpt:
+        hint = (" (it was written by an older mobiledense: its run_info does not say how to rebuild the "
+                "data and resolution; retrain, or use --model NAME --weights FILE)" if "run_info" in ckpt else
+                " (for raw state_dicts use --model NAME --weights FILE)")
+        raise ValueError(f"{path} has no run spec: it is not a mobiledense training checkpoint{hint}")
+    spec = RunSpec.from_dict(ckpt["spec"], path)
+    if task is not None and spec.task != task:
+        raise ValueError(f"{path} is a {spec.task!r} checkpoint, not {task!r}")
+    model = create_model(spec.model)
+    key = "model_ema" if prefer_ema and "model_ema" in ckpt else "model"
+    try:
+        model.load_state_dict(ckpt[key])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit {spec.model.describe()} with "
+                         f"num_classes={spec.model.num_classes} (the checkpoint's spec): "
+                         f"{summarize_load_error(e)}") from e
+    return model.eval(), spec
+
+
+def save_model_checkpoint(model: nn.Module, data: CocoDataSpec | CityscapesDataSpec, path: str | Path,
+                          recipe: Any = None) -> Path:
+    """Write ``{"model", "spec"}`` for a model built by ``create_model`` (it carries ``model.spec``).
+
+    What ``eval`` / ``predict`` / ``export --checkpoint`` take, for a model that was not
+    trained here (converted torchvision weights, a notebook's own loop): ``data`` says
+    where its evaluation data is, ``recipe`` (default: the default recipe) how it was trained.
+    """
+    from .checkpoint import save_atomic
+    from .recipe import TrainConfig
+
+    spec = RunSpec.parse(model=model.spec, data=data, recipe=recipe or TrainConfig())
+    return save_atomic({"model": model.state_dict(), "spec": spec.to_dict()}, path)

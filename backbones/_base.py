@@ -73,6 +73,20 @@ class Backbone(nn.Module):
     #: be exact; other sizes still run (convs floor/ceil) but maps are not aligned.
     size_divisor: int = 32
 
+    #: Set by :meth:`freeze`: ``train()`` then keeps the backbone in eval mode.
+    frozen: bool = False
+
+    def freeze(self) -> "Backbone":
+        """A fixed feature extractor (smp's ``freeze_encoder``): no gradients, and BN statistics and
+        dropout stay in eval mode whatever ``model.train()`` says, so the weights stay bit-identical."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.frozen = True
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(mode and not self.frozen)
+
     @property
     def strides(self) -> list[int]:
         return sorted(self.channels)

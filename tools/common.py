@@ -102,3 +102,17 @@ def default_output_dir(checkpoint: str | None, name: str, fallback: str) -> Path
     if checkpoint and Path(checkpoint).parent.name == "checkpoints":
         return Path(checkpoint).parent.parent / name
     return Path(fallback)
+
+
+def run_training(args: argparse.Namespace, spec: Any) -> int:
+    """``train det|seg``: train ``spec`` into ``--output-dir``, then say where the checkpoint is and how to evaluate it."""
+    from .engine import is_main_process
+    from .engine.tasks import train
+
+    metrics, trainer = train(spec, args.output_dir, resume=args.resume, allow_changes=args.allow_change,
+                             progress=not args.no_progress)
+    if is_main_process():
+        log.info("done: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        best = trainer.ckpts.best_path if trainer.ckpts.best_path.exists() else trainer.ckpts.latest()
+        log.info("checkpoint: %s  (evaluate: mobiledense eval %s --checkpoint %s)", best, spec.task, best)
+    return 0

@@ -4,7 +4,7 @@ Examples::
 
     mobiledense compare --backbones mobilenet_v3_small shufflenet_v2_x0_5   # synthetic data, CPU minutes
     mobiledense compare --seg-heads lraspp deeplabv3plus fpn --output-dir runs/compare_all
-    mobiledense compare --frozen-backbone --backbone-weights weights/ --output-dir runs/probe
+    mobiledense compare --frozen-backbone --weights-backbone weights/ --output-dir runs/probe
     mobiledense compare --report-only --output-dir runs/compare          # redraw tables and plots
 
 Interrupted? Run the same command again: stored cells are skipped and the cell that
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--seed", type=int, default=r.seed)
     recipe.add_argument("--frozen-backbone", action="store_true",
                         help="train heads only: backbone requires_grad=False, its BN in eval mode (probe)")
-    recipe.add_argument("--backbone-weights", metavar="DIR",
+    recipe.add_argument("--weights-backbone", metavar="DIR",
                         help="folder of local ImageNet weights <backbone>.pth/.pt (missing: random init)")
     data = parser.add_argument_group("data (default: synthetic sets written once in OUTPUT_DIR/data)")
     for split in ("train", "val"):
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         recipe = cmp.Recipe(
             epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
             det_lr=args.det_lr, seg_lr=args.seg_lr, det_size=args.size, seg_size=tuple(args.seg_size),
-            frozen_backbone=args.frozen_backbone, backbone_weights=_path(args.backbone_weights), seed=args.seed)
+            frozen_backbone=args.frozen_backbone, weights_backbone=_path(args.weights_backbone), seed=args.seed)
         recipe.train_config("det")  # validates the numbers, naming the bad field
         data = cmp.DataSpec(
             det_train_images=_path(args.det_train_images), det_train_ann=_path(args.det_train_ann),

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-ann", help="COCO-format annotations json (default: the run's val json)")
     parser.add_argument("--backend", choices=("auto", "pycocotools", "faster_coco_eval"), default="auto",
                         help="auto = faster-coco-eval when installed (same numbers, faster)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="images per forward (default: the run's batch size, 8 with "
+                                                       "--model)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output-dir", help="default: eval/ beside the checkpoint's run (runs/det/eval)")
     parser.add_argument("--no-progress", action="store_true")
@@ -89,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ValueError(f"{dataset.ann_file} lists no images: nothing to evaluate")
     device = select_device(args.device)
+    batch_size = args.batch_size if args.batch_size is not None else (spec.recipe.batch_size if spec else 8)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     result, detections = evaluate_detector(
-        inference_model(model, device, args.eager), dataset, batch_size=args.batch_size, workers=args.workers,
+        inference_model(model, device, args.eager), dataset, batch_size=batch_size, workers=args.workers,
         device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "eval", "runs/det/eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from .common import add_inference_arguments
 
@@ -34,30 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_inference_arguments(parser)
 
 
-def _colour(label: int) -> tuple[int, int, int]:
-    rng = np.random.default_rng(label * 7919 + 17)
-    return tuple(int(c) for c in rng.integers(64, 256, 3))
-
-
-def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                    names: dict[int, str]) -> np.ndarray:
-    """Boxes with ``name score`` tags drawn on a BGR copy of the image (for cv2.imwrite)."""
-    import cv2
-
-    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    thick = max(1, round(max(out.shape[:2]) / 400))
-    for (x1, y1, x2, y2), label, score in zip(boxes.round().astype(int), labels, scores):
-        colour = _colour(int(label))
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        text = f"{names.get(int(label), str(int(label)))} {score:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, 1)
-        top = max(y1 - th - base - 2, 0)
-        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
-        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
@@ -68,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.heads.inference import inference_model
 
     from .common import default_output_dir, list_images, select_device
+    from .evaluation.overlays import draw_detections
     from .eval_det import load_detector
 
     if not 0 <= args.score_thresh <= 1:

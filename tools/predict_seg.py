@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .common import default_output_dir, list_images, select_device
     from .engine.tasks import load_trained_model
+    from .evaluation.overlays import blend_segmentation
 
     bad = [msg for ok, msg in ((0 <= args.alpha <= 1, f"--alpha must be in [0, 1], got {args.alpha}"),
                                (args.scale is None or args.scale > 0, f"--scale must be > 0, got {args.scale}"))
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0]
             train_ids = pred.to(torch.uint8).cpu().numpy()
             colour = colorize_train_ids(train_ids)
-            overlay = (image * (1 - args.alpha) + colour * args.alpha).astype("uint8")
+            overlay = blend_segmentation(image, colour, args.alpha)
             cv2.imwrite(str(out / f"{path.stem}_labelIds.png"), train_ids_to_label_ids(train_ids))
             cv2.imwrite(str(out / f"{path.stem}_color.png"), cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))

@@ -16,13 +16,10 @@ OUTPUT/checkpoints/best.pt`` needs no other flag.
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
-from .common import add_spec_arguments, given
+from .common import add_spec_arguments, given, run_training
 from .engine import CocoDataSpec, TrainConfig
-
-log = logging.getLogger("mobiledense.train")
 
 #: Recipes: (recipe, model options, data options). "torchvision" is the reference recipe of
 #: torchvision's ssdlite320_mobilenet_v3_large (21.3 mAP): 8 GPUs x 24 images, 660 epochs.
@@ -82,17 +79,7 @@ def build_spec(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import is_main_process
-    from .engine.tasks import train
-
-    spec = build_spec(args)
-    metrics, trainer = train(spec, args.output_dir, resume=args.resume, allow_changes=args.allow_change,
-                             progress=not args.no_progress)
-    if is_main_process():
-        log.info("done: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        best = trainer.ckpts.best_path if trainer.ckpts.best_path.exists() else trainer.ckpts.latest()
-        log.info("checkpoint: %s  (evaluate: mobiledense eval det --checkpoint %s)", best, best)
-    return 0
+    return run_training(args, build_spec(args))
 
 
 __all__ = ["PRESETS", "add_arguments", "build_spec", "run"]

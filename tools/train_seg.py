@@ -14,13 +14,10 @@ reproduces the run's own evaluation with no other flag.
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
-from .common import add_spec_arguments, given
+from .common import add_spec_arguments, given, run_training
 from .engine import CityscapesDataSpec, TrainConfig
-
-log = logging.getLogger("mobiledense.train")
 
 #: Recipes: (recipe, data options). "mmseg" is MMSegmentation's lraspp_m-v3-d8_512x1024_320k_cityscapes
 #: (69.54 mIoU): SGD lr 0.01, wd 5e-4, poly(0.9, min 1e-4), 4 GPUs x 4 crops of 512x1024, 320k
@@ -96,17 +93,7 @@ def build_spec(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import is_main_process
-    from .engine.tasks import train
-
-    spec = build_spec(args)
-    metrics, trainer = train(spec, args.output_dir, resume=args.resume, allow_changes=args.allow_change,
-                             progress=not args.no_progress)
-    if is_main_process():
-        log.info("done: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        best = trainer.ckpts.best_path if trainer.ckpts.best_path.exists() else trainer.ckpts.latest()
-        log.info("checkpoint: %s (evaluate: mobiledense eval seg --checkpoint %s)", best, best)
-    return 0
+    return run_training(args, build_spec(args))
 
 
 __all__ = ["PRESETS", "add_arguments", "build_spec", "run"]

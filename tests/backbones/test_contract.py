@@ -160,3 +160,14 @@ def test_first_taps_are_the_first_layer_reaching_each_stride(name: str) -> None:
     assert set(feats) == set(strides)
     for s in strides:
         torch.testing.assert_close(feats[s], expected[s], atol=0, rtol=0, msg=f"{name} stride {s}")
+
+
+def test_freeze_keeps_the_backbone_fixed_whatever_train_says() -> None:
+    """``Backbone.freeze()`` (a probe's fixed extractor): no gradients, BN statistics untouched by forwards."""
+    model = torch.nn.Sequential(create_backbone("mobilenet_v3_small"))
+    backbone = model[0].freeze()
+    model.train()  # what the trainer calls every epoch
+    assert backbone.frozen and not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone(torch.rand(2, 3, 64, 64))
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())  # running stats too

@@ -91,7 +91,7 @@ class Recipe:
     seg_scale: tuple[float, float] = (0.75, 1.5)
     frozen_backbone: bool = False
     #: Folder of local ImageNet backbone weights ``<backbone>.pth`` / ``.pt``; None = random init.
-    backbone_weights: str | None = None
+    weights_backbone: str | None = None
     seed: int = 0
 
     def train_config(self, task: str, workers: int = 0) -> TrainConfig:

@@ -72,7 +72,7 @@ def _describe(lock: dict[str, Any]) -> list[str]:
                 else f"synthetic shapes ({d['synthetic_images']} images, 20% val)")
     seg_data = (f"Cityscapes layout `{d['seg_root']}` ({d['seg_train_split']} -> {d['seg_val_split']})"
                 if d["seg_root"] else f"synthetic streets ({d['synthetic_frames']} train frames)")
-    init = f"from `{r['backbone_weights']}` where present" if r["backbone_weights"] else "random"
+    init = f"from `{r['weights_backbone']}` where present" if r["weights_backbone"] else "random"
     return [
         f"- Recipe (every cell): {r['epochs']} epochs{steps}, batch {r['batch_size']}, AdamW "
         f"(lr det {r['det_lr']:g} / seg {r['seg_lr']:g}, wd {r['weight_decay']:g}), cosine, warm-up "

@@ -26,16 +26,13 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import platform
 import shutil
 import statistics
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from types import MethodType
 from typing import Any, Callable, Iterable
 
 import torch
@@ -44,7 +41,7 @@ from torch import Tensor, nn
 from mobiledense.backbones import Backbone, count_madds, count_params
 from mobiledense.heads import build_model_spec, create_model
 from mobiledense.heads.inference import inference_model
-from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec, RunSpec, Trainer
+from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec, RunSpec, Trainer, write_text_atomic
 from mobiledense.tools.engine.tasks import DetectionTask, SegmentationTask, complete_model_spec, match_categories
 
 from .cells import DET_HEAD, Cell, DataSpec, Measurement, Recipe
@@ -135,12 +132,12 @@ def cell_spec(cell: Cell, data: TaskData, recipe: Recipe, workers: int = 0) -> R
     options = {"size": recipe.det_size} if cell.task == "det" else {}
     model = build_model_spec(cell.task, cell.head, cell.backbone, num_classes=data.num_classes, **options)
     train = recipe.train_config(cell.task, workers).replace(
-        weights_backbone=_weights_file(recipe.backbone_weights, cell.backbone))
+        weights_backbone=_weights_file(recipe.weights_backbone, cell.backbone))
     return RunSpec(model=model.replace(**data.class_info), data=data.data, recipe=train)
 
 
 def build_model(cell: Cell, data: TaskData, recipe: Recipe) -> nn.Module:
-    """The network of ``cell`` (random init unless ``recipe.backbone_weights`` has the backbone's file)."""
+    """The network of ``cell`` (random init unless ``recipe.weights_backbone`` has the backbone's file)."""
     spec = cell_spec(cell, data, recipe)
     return create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
 
@@ -153,22 +150,9 @@ def find_backbone(model: nn.Module) -> Backbone:
     raise ValueError(f"{type(model).__name__} holds no mobiledense Backbone")
 
 
-def _train_keeping_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    return nn.Module.train(self, False)
-
-
 def freeze_backbone(model: nn.Module) -> Backbone:
-    """Linear-probe style: no gradients into the backbone, its BN (and dropout) kept in eval mode.
-
-    ``model.train()`` (the Trainer calls it every epoch) no longer reaches the backbone,
-    so BN running statistics stay as built or loaded: the backbone is left bit-identical.
-    """
-    backbone = find_backbone(model)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    backbone.train = MethodType(_train_keeping_eval, backbone)  # type: ignore[method-assign]
-    backbone.eval()
-    return backbone
+    """Linear-probe style: the backbone of ``model`` frozen (:meth:`Backbone.freeze`); returns it."""
+    return find_backbone(model).freeze()
 
 
 class _DetectorNet(nn.Module):
@@ -281,7 +265,7 @@ def run_cell(cell: Cell, recipe: Recipe, data: TaskData, workdir: Path, measurem
         "gpu_latency_ms": statistics.median(gpu_ms) if gpu_ms else None,
         "gpu": torch.cuda.get_device_name(device) if gpu_ms is not None else None,
         **train, "frozen_backbone": recipe.frozen_backbone,
-        "init": _weights_file(recipe.backbone_weights, cell.backbone) or "random",
+        "init": _weights_file(recipe.weights_backbone, cell.backbone) or "random",
         "device": str(device), "cpu": _cpu_name(), "torch": torch.__version__,
         "elapsed_s": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -301,18 +285,7 @@ def _cpu_name() -> str:
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(json.dumps(obj, indent=1, default=str), path)
 
 
 class ResultStore:

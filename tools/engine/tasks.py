@@ -204,6 +204,10 @@ def complete_model_spec(spec: RunSpec, train_set: Any) -> RunSpec:
     return spec.replace(model=spec.model.replace(**info))
 
 
+def _few(names: list[str], n: int = 8) -> str:
+    return f"{len(names)} ({', '.join(names[:n])}{', ...' if len(names) > n else ''})"
+
+
 def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict[int, int]:
     """Label -> category id of ``dataset`` for a detector's labels; refuses categories that differ.
 
@@ -220,10 +224,9 @@ def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict
     if mine != set(by_name):
         missing, extra = sorted(mine - set(by_name)), sorted(set(by_name) - mine)
         raise ValueError(
-            f"{source}: its categories differ from the checkpoint's: the model predicts {len(mine)} classes "
-            f"({', '.join(sorted(mine)[:8])}{' ...' if len(mine) > 8 else ''})"
-            + (f"; missing from the json: {', '.join(missing[:8])}" if missing else "")
-            + (f"; not known to the model: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}" if extra else "")
+            f"{source}: its categories differ from the checkpoint's: the model predicts {_few(sorted(mine))}"
+            + (f"; missing from the json: {_few(missing)}" if missing else "")
+            + (f"; not known to the model: {_few(extra)}" if extra else "")
             + ". Evaluate on data with the categories the model was trained on")
     mapping, moved = {}, []
     for label, (name, cid) in enumerate(zip(model.class_names, model.category_ids or range(1, model.num_classes)),

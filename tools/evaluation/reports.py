@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from mobiledense.tools.coco_eval import CocoEvalResult
+    from .coco import CocoEvalResult
 
 __all__ = ["pr_curves", "plot_pr_curves", "plot_per_class_bars", "plot_confusion_matrix"]
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -41,6 +43,21 @@ def list_images(inputs: list[str]) -> list[Path]:
         else:
             raise FileNotFoundError(f"input not found: {path}")
     return found
+
+
+def read_images(files: list[Path], desc: str) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """``(path, RGB image, None)`` per file with a progress bar; ``(path, None, error)`` for a file that
+    cannot be read (missing, empty, truncated, corrupt), warned about: one bad file must not end a long run."""
+    from tqdm import tqdm
+
+    from mobiledense.datasets import read_image_rgb
+
+    for path in tqdm(files, desc=desc, unit="img"):
+        try:
+            yield path, read_image_rgb(path), None
+        except (OSError, ValueError) as e:
+            tqdm.write(f"warning: skipping {path}: {e}", file=sys.stderr)
+            yield path, None, str(e)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -82,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{dataset.ann_file} lists no images: nothing to evaluate")
         mapping = match_categories(spec.model, dataset, dataset.ann_file)
     else:
-        if not args.val_ann:
-            raise ValueError("--model/--weights need --val-ann (and --val-images)")
-        dataset = CocoDetection(args.val_images or Path(args.val_ann).parent, args.val_ann,
-                                label_mapping=args.label_mapping)
+        if not (args.val_ann and args.val_images):
+            raise ValueError("--model/--weights need --val-images and --val-ann (a checkpoint knows its own)")
+        dataset = CocoDetection(args.val_images, args.val_ann, label_mapping=args.label_mapping)
         mapping = None
     if len(dataset) == 0:
         raise ValueError(f"{dataset.ann_file} lists no images: nothing to evaluate")

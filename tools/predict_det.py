@@ -35,14 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import cv2
-    import torch
-    from tqdm import tqdm
 
-    from mobiledense.datasets import read_image_rgb
 
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, list_images, select_device
+    from .common import default_output_dir, list_images, read_images, select_device
+    from .engine.tasks import DetectionTask
     from .evaluation.overlays import draw_detections
     from .eval_det import load_detector
 
@@ -59,17 +57,13 @@ def run(args: argparse.Namespace) -> int:
                                                                           "runs/det/predict")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     n_boxes, failed = 0, 0
-    with (out / "predictions.jsonl").open("w") as f, torch.inference_mode():
-        for path in tqdm(files, desc="predict", unit="img"):
-            try:
-                image = read_image_rgb(path)
-            except (OSError, ValueError) as e:  # one unreadable file must not end a long run
+    with (out / "predictions.jsonl").open("w") as f:
+        for path, image, error in read_images(files, "predict"):
+            if image is None:
                 failed += 1
-                tqdm.write(f"warning: skipping {path}: {e}", file=sys.stderr)
-                f.write(json.dumps({"file": str(path), "error": str(e)}) + "\n")
+                f.write(json.dumps({"file": str(path), "error": error}) + "\n")
                 continue
-            x = torch.from_numpy(image).permute(2, 0, 1).to(device).float().div_(255)
-            det = {k: v.cpu().numpy() for k, v in model([x])[0].items()}
+            det = DetectionTask.predict(model, image, device)
             keep = det["scores"] >= args.score_thresh
             boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
             n_boxes += len(boxes)

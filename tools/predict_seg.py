@@ -28,17 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import cv2
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
 
-    from mobiledense.datasets import build_seg_transforms, read_image_rgb
     from mobiledense.datasets.cityscapes_labels import colorize_train_ids, train_ids_to_label_ids
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, list_images, select_device
-    from .engine.tasks import load_trained_model
+    from .common import default_output_dir, list_images, read_images, select_device
+    from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.overlays import blend_segmentation
 
     bad = [msg for ok, msg in ((0 <= args.alpha <= 1, f"--alpha must be in [0, 1], got {args.alpha}"),
@@ -48,42 +43,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("; ".join(bad))
     files = list_images(args.inputs)
     model, spec = load_trained_model(args.checkpoint, "seg")
-    base, eval_scale = spec.data.base_size or spec.data.crop, spec.data.eval_scale
     if args.scale is not None:
-        print(f"--scale {args.scale:g} overrides the run's eval resolution ({base[0]}x{base[1]} x {eval_scale:g})")
+        base = spec.data.base_size or spec.data.crop
+        print(f"--scale {args.scale:g} overrides the run's eval resolution ({base[0]}x{base[1]} x "
+              f"{spec.data.eval_scale:g})")
     device = select_device(args.device)
     model = inference_model(model, device, args.eager)
-    transforms: dict[tuple[int, int], object] = {}
-
-    def resized(image):  # noqa: ANN001, ANN202 - the run's eval resize (bilinear up, area down), as eval seg
-        h, w = image.shape[:2]
-        f = args.scale if args.scale is not None else min(base[0] * eval_scale / h, base[1] * eval_scale / w)
-        size = (max(1, round(h * f)), max(1, round(w * f)))
-        if size not in transforms:
-            transforms[size] = build_seg_transforms(False, base_size=size)
-        return transforms[size](image, np.zeros((h, w), np.uint8))[0]
-
+    task = SegmentationTask(spec)
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "predict",
                                                                           "runs/seg/predict")
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    with torch.inference_mode():
-        for path in tqdm(files, desc="segment", unit="img"):
-            try:
-                image = read_image_rgb(path)
-            except (OSError, ValueError) as e:  # one unreadable file must not end a long run
-                failed += 1
-                tqdm.write(f"warning: skipping {path}: {e}", file=sys.stderr)
-                continue
-            h, w = image.shape[:2]
-            logits = model(resized(image)[None].to(device))
-            pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0]
-            train_ids = pred.to(torch.uint8).cpu().numpy()
-            colour = colorize_train_ids(train_ids)
-            overlay = blend_segmentation(image, colour, args.alpha)
-            cv2.imwrite(str(out / f"{path.stem}_labelIds.png"), train_ids_to_label_ids(train_ids))
-            cv2.imwrite(str(out / f"{path.stem}_color.png"), cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    for path, image, error in read_images(files, "segment"):
+        if image is None:
+            failed += 1
+            continue
+        train_ids = task.predict(model, image, device, args.scale)
+        colour = colorize_train_ids(train_ids)
+        overlay = blend_segmentation(image, colour, args.alpha)
+        cv2.imwrite(str(out / f"{path.stem}_labelIds.png"), train_ids_to_label_ids(train_ids))
+        cv2.imwrite(str(out / f"{path.stem}_color.png"), cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     print(f"{len(files) - failed} images -> {out}/ (*_labelIds.png, *_color.png, *_overlay.png)")
     if failed:
         print(f"error: {failed} of {len(files)} images could not be read (see the warnings above)", file=sys.stderr)

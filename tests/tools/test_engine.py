@@ -197,3 +197,14 @@ def test_resume_refuses_a_changed_spec_naming_every_field(tmp_path: Path) -> Non
     assert more.resume("auto") and more.epoch == 1
     more.fit()
     assert more.epoch == 2
+
+
+def test_precision_actually_used_is_what_the_spec_records(tmp_path: Path) -> None:
+    """``auto`` is fp32 on CPU (fp16 autocast needs CUDA, which the spec would say); bf16 autocast runs on CPU."""
+    assert trainer(tmp_path / "auto", epochs=1).cfg.precision == "fp32"
+    with pytest.raises(ValueError, match="precision fp16 needs CUDA"):
+        trainer(tmp_path / "fp16", epochs=1, precision="fp16")
+    t = trainer(tmp_path / "bf16", epochs=1, precision="bf16", spec=_spec(tmp_path, epochs=1, precision="bf16"))
+    metrics = t.fit()
+    assert t.autocast_dtype == torch.bfloat16 and math.isfinite(metrics["mse"])
+    assert RunSpec.load(tmp_path / "bf16" / "config.json").recipe.precision == "bf16"

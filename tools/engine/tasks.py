@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,6 +112,13 @@ class DetectionTask:
         stats = result.as_dict()
         return {"mAP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}, (result, detections)
 
+    @staticmethod
+    def predict(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+        """Detections of one uint8 RGB image: ``boxes`` (xyxy, image pixels), ``scores``, ``labels``."""
+        x = torch.from_numpy(image).permute(2, 0, 1).to(device).float().div_(255)
+        with torch.inference_mode():
+            return {k: v.cpu().numpy() for k, v in model([x])[0].items()}
+
 
 def _collate_seg(samples: list) -> tuple[Tensor, Tensor]:
     images, masks = zip(*samples)
@@ -126,6 +134,7 @@ class SegmentationTask:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self.data = spec, spec.data
         self._criterion: Any = None
+        self._predict_transforms: dict[tuple[int, int], Any] = {}
 
     @staticmethod
     def prepare(data: CityscapesDataSpec, synthetic_root: Path) -> CityscapesDataSpec:
@@ -186,6 +195,29 @@ class SegmentationTask:
         m = evaluate_segmenter(model, dataset, device=device, workers=workers, progress=progress,
                                on_prediction=on_prediction)
         return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}, m
+
+    def predict_size(self, h: int, w: int, scale: float | None = None) -> tuple[int, int]:
+        """The input size an (h, w) image is segmented at: the run's eval resolution (base size x eval
+        scale) fitted to the image's aspect ratio, or the image's own size x ``scale``."""
+        base, s = self.data.base_size or self.data.crop, self.data.eval_scale
+        f = scale if scale is not None else min(base[0] * s / h, base[1] * s / w)
+        return max(1, round(h * f)), max(1, round(w * f))
+
+    def predict(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
+                scale: float | None = None) -> np.ndarray:
+        """Train ids (H, W uint8) of one uint8 RGB image, resized as ``eval seg`` resizes its frames
+        (bilinear up, area down; :meth:`predict_size`), logits upsampled to the image."""
+        from mobiledense.datasets import build_seg_transforms
+
+        h, w = image.shape[:2]
+        size = self.predict_size(h, w, scale)
+        if size not in self._predict_transforms:
+            self._predict_transforms[size] = build_seg_transforms(False, base_size=size)
+        x = self._predict_transforms[size](image, np.zeros((h, w), np.uint8))[0]
+        with torch.inference_mode():
+            logits = model(x[None].to(device))
+            pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0]
+        return pred.to(torch.uint8).cpu().numpy()
 
 
 def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask:

@@ -198,3 +198,15 @@ def test_compare_checkpoints_evaluate_and_export_without_flags(tmp_path: Path) -
         if pytest.importorskip("onnxruntime"):
             assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / f"{task}.onnx"),
                          "--check-size", "64", "128", "--repeats", "0"]) == 0
+
+
+def test_train_refuses_a_val_set_with_other_categories(shapes, coco_dir: Path, tmp_path: Path, capsys) -> None:
+    (images, ann) = shapes["train"]
+    out = tmp_path / "run"
+    assert main(["train", "det", "--train-images", str(images), "--train-ann", str(ann),
+                 "--val-images", str(coco_dir / "images" / "val2017"),
+                 "--val-ann", str(coco_dir / "annotations" / "instances_val2017.json"), "--epochs", "1",
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"its categories differ from the training set's ({ann})" in err
+    assert not (out / "checkpoints").exists()  # refused before the first step

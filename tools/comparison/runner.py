@@ -103,7 +103,8 @@ def load_task_data(task: str, spec: DataSpec, recipe: Recipe, data_dir: Path) ->
         raise FileNotFoundError(f"{e}\n(no images in the {spec.seg_val_split!r} split: pass --seg-val-split with a "
                                 "split that has leftImg8bit images, e.g. 'train' for ../shared/data/cityscapes)") from e
     if task == "det":
-        match_categories(complete_model_spec(probe, train).model, val, val.ann_file)
+        match_categories(complete_model_spec(probe, train).model, val, val.ann_file,
+                         theirs=f"the training set's ({train.ann_file})")
     elif spec.seg_val_split == spec.seg_train_split:
         log.warning("segmentation is evaluated on its training frames (%s): scores measure fitting, "
                     "not generalisation", spec.seg_train_split)

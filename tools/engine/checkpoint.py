@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -31,16 +31,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
+def _replace_atomically(path: str | Path, write: Callable[[Any], object], binary: bool) -> Path:
+    """``write(file)`` into a temp file beside ``path``, fsync, chmod 0644, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,22 +50,14 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
+    return _replace_atomically(path, lambda f: torch.save(obj, f), binary=True)
+
+
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write a text file atomically (temp file + fsync + rename), readable by everyone (0644)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a text file atomically (temp file + fsync + rename)."""
+    return _replace_atomically(path, lambda f: f.write(text), binary=False)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

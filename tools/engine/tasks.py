@@ -225,9 +225,11 @@ def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask:
 
 
 def prepare_data(spec: RunSpec, output_dir: str | Path) -> RunSpec:
-    """``spec`` with absolute data paths; the default synthetic set written (once) in ``output_dir``."""
+    """``spec`` with absolute paths (data, backbone weights); the default synthetic set written (once) in
+    ``output_dir``."""
     prepare = DetectionTask.prepare if spec.task == "det" else SegmentationTask.prepare
-    return spec.replace(data=prepare(spec.data, Path(output_dir) / "synthetic"))
+    recipe = spec.recipe.replace(weights_backbone=_abs(spec.recipe.weights_backbone))
+    return spec.replace(data=prepare(spec.data, Path(output_dir) / "synthetic"), recipe=recipe)
 
 
 def complete_model_spec(spec: RunSpec, train_set: Any) -> RunSpec:
@@ -240,7 +242,8 @@ def _few(names: list[str], n: int = 8) -> str:
     return f"{len(names)} ({', '.join(names[:n])}{', ...' if len(names) > n else ''})"
 
 
-def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict[int, int]:
+def match_categories(model: ModelSpec, dataset: Any, source: str | Path, theirs: str = "the checkpoint's"
+                     ) -> dict[int, int]:
     """Label -> category id of ``dataset`` for a detector's labels; refuses categories that differ.
 
     The labels keep their ids where id and name agree; where a name has another id in
@@ -256,7 +259,7 @@ def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict
     if mine != set(by_name):
         missing, extra = sorted(mine - set(by_name)), sorted(set(by_name) - mine)
         raise ValueError(
-            f"{source}: its categories differ from the checkpoint's: the model predicts {_few(sorted(mine))}"
+            f"{source}: its categories differ from {theirs}: the model predicts {_few(sorted(mine))}"
             + (f"; missing from the json: {_few(missing)}" if missing else "")
             + (f"; not known to the model: {_few(extra)}" if extra else "")
             + ". Evaluate on data with the categories the model was trained on")
@@ -269,7 +272,7 @@ def match_categories(model: ModelSpec, dataset: Any, source: str | Path) -> dict
         if by_name[name] != cid:
             moved.append(f"{name!r} {cid} -> {by_name[name]}")
     if moved:
-        log.warning("%s: category ids differ from the checkpoint's; mapped by name: %s", source, ", ".join(moved))
+        log.warning("%s: category ids differ from %s; mapped by name: %s", source, theirs, ", ".join(moved))
     return mapping
 
 
@@ -309,7 +312,8 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
         task, val = task_for(spec), None
     extra: dict[str, Any] = {}
     if isinstance(task, DetectionTask) and val is not None:
-        extra["label_to_category_id"] = match_categories(spec.model, val, spec.data.val_ann)
+        extra["label_to_category_id"] = match_categories(spec.model, val, spec.data.val_ann,
+                                                         theirs=f"the training set's ({spec.data.train_ann})")
     model = build_model(spec)
     trainer: Any = None
 

@@ -154,6 +154,7 @@ def test_eval_refuses_other_categories_and_maps_renumbered_ids(det_run: Path, sh
         assert results and {r["category_id"] for r in results} <= {i + (100 if name == "moved" else 0) for i in ids}
     assert stats["same"] == stats["moved"] and stats["same"]["AR100"] >= 0
     assert "category ids differ from the checkpoint's; mapped by name:" in caplog.text and "-> 101" in caplog.text
+    assert f"--val-ann {moved} overrides the run spec's" in caplog.text  # a flag given says what it replaces
 
 
 @pytest.mark.slow

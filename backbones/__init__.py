@@ -14,7 +14,11 @@ from ._base import (
     create_classifier,
     get_backbone_entry,
     list_backbones,
+    CHECKSUM_KEY,
+    load_file_safely,
     load_state_dict_file,
+    summarize_load_error,
+    tensor_checksum,
     register_backbone,
 )
 from . import mobilenetv1  # noqa: F401
@@ -38,6 +42,10 @@ __all__ = [
     "create_classifier",
     "get_backbone_entry",
     "list_backbones",
+    "CHECKSUM_KEY",
+    "load_file_safely",
     "load_state_dict_file",
+    "summarize_load_error",
+    "tensor_checksum",
     "register_backbone",
 ]

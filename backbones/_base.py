@@ -21,6 +21,7 @@ against the registry entry before building anything.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
@@ -44,6 +45,10 @@ __all__ = [
     "list_backbones",
     "plan_dilation",
     "load_state_dict_file",
+    "load_file_safely",
+    "tensor_checksum",
+    "CHECKSUM_KEY",
+    "summarize_load_error",
     "count_params",
     "count_madds",
 ]
@@ -243,9 +248,12 @@ def create_backbone(name: str, *, weights: str | Path | None = None, **kwargs: A
     """
     model = _build(name, kwargs)
     if weights is not None:
-        sd = load_state_dict_file(weights)
-        sd = _strip_to_backbone(sd, model)
-        model.load_state_dict(sd)
+        sd = _strip_to_backbone(load_state_dict_file(weights), model)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:  # another architecture or width: name the file and the first mismatches
+            raise ValueError(f"{weights}: its weights do not fit backbone {name} {kwargs or ''}: "
+                             f"{summarize_load_error(e)}") from e
     return model
 
 
@@ -291,22 +299,77 @@ def _strip_to_backbone(sd: Mapping[str, Tensor], model: Backbone) -> dict[str, T
     return {k: v for k, v in sd.items() if k in own}  # torchvision: drop the classifier
 
 
+#: Key of the tensor checksum that checkpoints carry (``tensor_checksum``), verified by ``load_file_safely``.
+CHECKSUM_KEY = "checksum"
+
+
+def tensor_checksum(obj: Any) -> str:
+    """blake2b of every tensor's bytes (and the other leaves' ``repr``) of a nested dict/list, in key order.
+
+    Stored under :data:`CHECKSUM_KEY` when a checkpoint is written and compared when it is read,
+    so a flipped byte in a tensor is found instead of evaluated.
+    """
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(o: Any, where: str) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{where}:{o.dtype}:{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(o, Mapping):
+            for k in sorted(o, key=str):
+                if not (where == "" and k == CHECKSUM_KEY):
+                    walk(o[k], f"{where}/{k}")
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{where}/{i}")
+        else:
+            h.update(f"{where}={o!r}".encode())
+
+    walk(obj, "")
+    return h.hexdigest()
+
+
+_CORRUPT = ("PytorchStreamReader", "central directory", "invalid header", "archive is corrupted", "file too short",
+            "unexpected EOF", "Ran out of input", "truncated")
+
+
+def load_file_safely(path: str | Path, what: str = "weights file", map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with an error that says what is wrong with the file.
+
+    Missing, empty (an interrupted write), truncated or corrupt (a damaged copy; also a
+    checksum that does not match the tensors), or holding pickled objects other than tensors
+    (refused: a file that needs arbitrary unpickling may contain code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): it was not written completely; delete it")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name and the diagnosis
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if any(s in str(e) for s in _CORRUPT) or isinstance(e, EOFError):
+            raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {first}): an interrupted "
+                             "write or a damaged copy") from e
+        raise ValueError(
+            f"refusing to load {path}: not a plain tensor file ({type(e).__name__}: {first}). Only "
+            "weights_only-loadable files are accepted (pickled objects are refused): a file that needs "
+            "arbitrary unpickling may contain code.") from e
+    if isinstance(obj, Mapping) and CHECKSUM_KEY in obj and obj[CHECKSUM_KEY] != tensor_checksum(obj):
+        raise ValueError(f"{path} is corrupt: its tensors do not match the checksum written with them (a flipped "
+                         "or lost byte: a damaged disk or copy); use another copy or an older checkpoint")
+    return obj
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Load a local weights file safely (``weights_only=True``).
+    """Load a local weights file safely (:func:`load_file_safely`).
 
     Accepts a bare state_dict or a training checkpoint with a ``model`` /
     ``state_dict`` entry. Refuses pickled code with a clear error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(
-            f"cannot load weights from {path}: {e.__class__.__name__}: {str(e).splitlines()[0]} "
-            "(only plain tensor state_dicts are accepted; pickled objects are refused)"
-        ) from e
+    obj = load_file_safely(path, "weights file")
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_ema"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -315,6 +378,25 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors")
     return dict(obj)
+
+
+def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
+    """The gist of a ``load_state_dict`` RuntimeError: a few missing/unexpected/size-mismatch items.
+
+    torch lists every offending key; for a checkpoint of another architecture that is hundreds of
+    lines, of which the first few tell what is wrong.
+    """
+    parts = []
+    for line in str(e).splitlines()[1:] or str(e).splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key(s)", "Unexpected key(s)")):
+            head, _, keys = line.partition(": ")
+            names = [k.strip(' ".') for k in keys.split(",") if k.strip(' ".')]
+            more = f" and {len(names) - max_items} more" if len(names) > max_items else ""
+            parts.append(f"{head.lower()} {', '.join(names[:max_items])}{more}")
+        elif line.startswith("size mismatch") and sum("size mismatch" in p for p in parts) < max_items:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts) or str(e).strip().splitlines()[0]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -156,6 +156,15 @@ class CityscapesSegmentation(Dataset):
             raise FileNotFoundError(f"no *{_IMAGE_SUFFIX} images in {where}{hint}; {_LAYOUT_HINT}")
         if not images and not labels:
             raise FileNotFoundError(f"no *{label_suffix} files in {label_dir}; {_LAYOUT_HINT}")
+        orphans = sorted(set(labels) - set(found)) if images else []
+        if orphans:  # a frame without its image would silently drop out of the score
+            first = labels[orphans[0]]
+            expected = image_dir / first.parent.name / f"{orphans[0]}{_IMAGE_SUFFIX}"
+            other = sorted(p.name for p in expected.parent.glob(f"{orphans[0]}_leftImg8bit.*"))
+            raise FileNotFoundError(
+                f"{len(orphans)} label file(s) in {label_dir} have no image: {first} expects {expected}"
+                + (f" (found {', '.join(other)}: Cityscapes images are {_IMAGE_SUFFIX} files)" if other else "")
+                + "; scoring without them would silently leave those frames out")
         frames = []
         for stem in sorted(found if images else labels):
             image = found.get(stem)
@@ -167,6 +176,13 @@ class CityscapesSegmentation(Dataset):
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def check_files(self) -> None:
+        """Raise naming the first empty image or label files (``stat`` only): found before training starts."""
+        bad = [f"{p} is empty (0 bytes)" for f in self.frames for p in (f.image, f.label)
+               if p is not None and p.stat().st_size == 0][:3]
+        if bad:
+            raise ValueError(f"{self.root} ({self.split}): unreadable files: {'; '.join(bad)}")
 
     def load_image(self, index: int) -> np.ndarray:
         """The frame's image as (H, W, 3) uint8 RGB."""

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .det_transforms import to_tensor
-from .io import read_image_rgb, worker_init_fn
+from .io import ImageReadError, read_image_rgb, worker_init_fn
 
 __all__ = [
     "CocoDetection",
@@ -233,6 +233,22 @@ class CocoDetection(Dataset):
 
     def image_path(self, index: int) -> Path:
         return self.root / self.coco.imgs[self.image_ids[index]]["file_name"]
+
+    def check_files(self) -> None:
+        """Raise naming the first image files that are missing or empty (``stat`` only, fast): a bad
+        evaluation set is found before training starts, not after its first epoch."""
+        bad = []
+        for i in range(len(self)):
+            path = self.image_path(i)
+            try:
+                if path.stat().st_size == 0:
+                    bad.append(f"{path} is empty (0 bytes)")
+            except OSError as e:
+                bad.append(f"{path}: {e.strerror or e}")
+            if len(bad) >= 3:
+                break
+        if bad:
+            raise ImageReadError(f"{self.ann_file}: unreadable image files: {'; '.join(bad)}")
 
     def load_image(self, index: int) -> np.ndarray:
         """The stored image as uint8 RGB; errors name the file on any mismatch with the json."""

@@ -13,16 +13,18 @@ returned as 8-bit RGB:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["read_image_rgb", "ImageReadError", "materialize_once", "worker_init_fn"]
+__all__ = ["read_image_rgb", "ImageReadError", "fsync_dir", "materialize_once", "replace_atomically",
+           "write_image", "write_text_atomic", "worker_init_fn"]
 
 # OpenCV >= 4.10 decodes straight to RGB (one pass less than BGR + cvtColor).
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -113,3 +115,68 @@ def materialize_once(root: str | os.PathLike, write: Callable[[Path], object]) -
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_failure(path: Path, e: BaseException) -> OSError:
+    """An OSError that names the file, the cause and the free space, and says nothing was replaced."""
+    reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 1e6:.0f} MB free on its disk"
+    except OSError:
+        free = ""
+    err = OSError(f"could not write {path}: {reason}{free}. Nothing was replaced: the previous file, if any, "
+                  "is intact")
+    err.errno = getattr(e, "errno", None) or errno.EIO
+    return err
+
+
+def replace_atomically(path: str | os.PathLike, write: Callable[[Any], object], binary: bool = False) -> Path:
+    """``write(file)`` into a temp file beside ``path``, fsync, chmod 0644, rename over ``path``, fsync the folder.
+
+    A run killed at any instant leaves the old file or the new one, never a torn one. A failed
+    write (disk full, I/O error; torch's ``PytorchStreamWriter failed writing file``) removes the
+    temp file and raises an OSError naming ``path`` and the cause.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
+            raise _write_failure(path, e) from e
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (:func:`replace_atomically`)."""
+    return replace_atomically(path, lambda f: f.write(text))
+
+
+def write_image(path: str | os.PathLike, image_bgr: np.ndarray, params: list[int] | None = None) -> Path:
+    """``cv2.imwrite`` that raises (naming the file and the free space) where OpenCV only returns False."""
+    path = Path(path)
+    if not cv2.imwrite(str(path), image_bgr, params or []):
+        raise _write_failure(path, OSError(errno.EIO, "OpenCV could not write the image (disk full? "
+                                                      "unknown extension?)"))
+    return path

@@ -18,6 +18,7 @@ gives byte-identical files, whatever ``num_images`` is.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,14 @@ def make_synthetic_coco(
     max_objects: int = 4,
     object_scale: tuple[float, float] = (0.15, 0.5),
     jpeg_quality: int = 90,
+    overwrite: bool = False,
 ) -> dict[str, tuple[Path, Path]]:
     """Write a synthetic COCO detection dataset; returns ``{split: (image_dir, ann_file)}``.
 
     Args:
-        out_dir: output folder (created; existing files of the same names are overwritten).
+        out_dir: output folder (created). One that already holds ``images/`` or ``annotations/`` is
+            refused (stale images of a larger earlier set would stay beside the new json) unless
+            ``overwrite``, which deletes both first.
         num_images: images in total; the last ``round(num_images * val_fraction)`` form "val".
         size_range: image height and width are each drawn uniformly in this range.
         num_classes: number of (shape, colour) classes, 1..36; category ids are 1..K.
@@ -161,6 +165,13 @@ def make_synthetic_coco(
         raise ValueError(f"need num_images >= 1, 0 <= val_fraction < 1, 32 <= size_range[0] <= size_range[1]; "
                          f"got {num_images}, {val_fraction}, {size_range}")
     out_dir, classes = Path(out_dir), class_table(num_classes)
+    existing = [out_dir / d for d in ("images", "annotations") if (out_dir / d).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {' and '.join(p.name + '/' for p in existing)}: writing "
+                              "into it would leave stale files beside the new set; pass overwrite=True "
+                              "(--overwrite) to replace them, or choose another folder")
+    for path in existing:
+        shutil.rmtree(path)
     n_val = int(round(num_images * val_fraction))
     splits = {"train": range(0, num_images - n_val), "val": range(num_images - n_val, num_images)}
     categories = [{"id": i + 1, "name": f"{c} {s}", "supercategory": "shape"} for i, (s, c) in enumerate(classes)]

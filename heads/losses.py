@@ -9,7 +9,6 @@ the number of foreground anchors in the batch (at least 1).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss

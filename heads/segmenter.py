@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from mobiledense.backbones import Backbone
 
-__all__ = ["Segmenter", "Decoder", "check_image_batch", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Segmenter", "Decoder", "check_image_batch", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD",
+           "upsampled_argmax"]
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's classifier preset).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,3 +87,34 @@ class Segmenter(nn.Module):
         size = x.shape[-2:]
         logits = self.decoder(self.backbone(self.normalize(x)))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 2**24) -> Tensor:
+    """``F.interpolate(logits, size, bilinear).argmax(1)`` in row strips of at most ``max_elements`` values.
+
+    Labels of an 8000x8000 photo from 19-class logits would need 4.9 GB of float32 at full
+    size; strip by strip the peak stays ~64 MB. Rows are interpolated with PyTorch's own
+    ``align_corners=False`` source coordinates, columns by ``F.interpolate`` itself, so the
+    result equals the one-shot path up to float rounding (a rare argmax tie). Outputs that fit
+    ``max_elements`` take the one-shot path.
+
+    Args:
+        logits: (N, C, h, w). size: output (H, W).
+    """
+    n, c, h, w = logits.shape
+    height, width = size
+    if n * c * height * width <= max_elements:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+    rows = max(1, max_elements // (n * c * width))
+    out = torch.empty((n, height, width), dtype=torch.int64, device=logits.device)
+    scale = h / height
+    for y0 in range(0, height, rows):
+        y = torch.arange(y0, min(y0 + rows, height), device=logits.device, dtype=torch.float32)
+        src = ((y + 0.5) * scale - 0.5).clamp(min=0)
+        i0 = src.long().clamp(max=h - 1)
+        i1 = (i0 + 1).clamp(max=h - 1)
+        lam = (src - i0).view(1, 1, -1, 1)
+        strip = logits[:, :, i0] * (1 - lam) + logits[:, :, i1] * lam  # (N, C, rows, w)
+        strip = F.interpolate(strip, size=(len(y), width), mode="bilinear", align_corners=False)
+        out[:, y0:y0 + len(y)] = strip.argmax(1)
+    return out

@@ -51,7 +51,7 @@ Scalar = Union[bool, int, float, str, None]
 class Spec(BaseModel):
     """Base of every spec: frozen, unknown fields refused, one-line errors, a validated :meth:`replace`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
     #: What the spec is called in error messages ("invalid <what>: ...").
     what: ClassVar[str] = "spec"
 

@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
 
     from mobiledense.datasets.cityscapes_labels import train_ids_to_label_ids
+    from mobiledense.datasets.io import write_image, write_text_atomic
     from mobiledense.heads.inference import inference_model
 
     from .common import default_output_dir, select_device
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     def save(i: int, pred) -> None:  # noqa: ANN001
         name = f"{dataset.frames[i].stem}_leftImg8bit.png"
-        cv2.imwrite(str(pred_dir / name), train_ids_to_label_ids(pred.numpy().astype("uint8")))
+        write_image(pred_dir / name, train_ids_to_label_ids(pred.numpy().astype("uint8")))
 
     device = select_device(args.device)
     _, metrics = SegmentationTask(spec).evaluate(inference_model(model, device, args.eager), dataset,
@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
                                                  on_prediction=save if args.save_predictions else None)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.as_dict().items()}
-    (out / "metrics.json").write_text(json.dumps(
+    write_text_atomic(json.dumps(
         {"checkpoint": str(args.checkpoint), "model": spec.model.describe(), "split": dataset.split,
-         "frames": len(dataset), "eval_scale": args.eval_scale or spec.data.eval_scale, **flat}, indent=2))
+         "frames": len(dataset), "eval_scale": args.eval_scale or spec.data.eval_scale, **flat}, indent=2),
+        out / "metrics.json")
     plot_per_class_bars(list(metrics.class_names), list(metrics.iou), out / "per_class_iou.png", "IoU per class")
     plot_confusion_matrix(metrics.confusion, list(metrics.class_names), out / "confusion_matrix.png")
     print(metrics.summary())

@@ -34,12 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
 
 
     from mobiledense.heads.inference import inference_model
 
     from .common import default_output_dir, list_images, read_images, select_device
+    from mobiledense.datasets.io import replace_atomically, write_image
+
     from .engine.tasks import DetectionTask
     from .evaluation.overlays import draw_detections
     from .eval_det import load_detector
@@ -56,17 +57,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "predict",
                                                                           "runs/det/predict")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    n_boxes, failed = 0, 0
-    with (out / "predictions.jsonl").open("w") as f:
+    counts = {"boxes": 0, "failed": 0}
+
+    def write(f) -> None:  # noqa: ANN001 - predictions.jsonl, streamed, renamed into place at the end
         for path, image, error in read_images(files, "predict"):
             if image is None:
-                failed += 1
+                counts["failed"] += 1
                 f.write(json.dumps({"file": str(path), "error": error}) + "\n")
                 continue
             det = DetectionTask.predict(model, image, device)
             keep = det["scores"] >= args.score_thresh
             boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
-            n_boxes += len(boxes)
+            counts["boxes"] += len(boxes)
             f.write(json.dumps({
                 "file": str(path), "height": image.shape[0], "width": image.shape[1],
                 "detections": [
@@ -76,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
                     for b, s, lab in zip(boxes, scores, labels)],
             }) + "\n")
             if not args.no_overlay:
-                cv2.imwrite(str(out / "overlays" / f"{path.stem}.png"),
-                            draw_detections(image, boxes, labels, scores, names))
+                write_image(out / "overlays" / f"{path.stem}.png", draw_detections(image, boxes, labels, scores, names))
+
+    replace_atomically(out / "predictions.jsonl", write)
+    n_boxes, failed = counts["boxes"], counts["failed"]
     print(f"{len(files) - failed} images, {n_boxes} detections >= {args.score_thresh}: {out}/predictions.jsonl"
           + ("" if args.no_overlay else f", overlays in {out}/overlays/"))
     if failed:

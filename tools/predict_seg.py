@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import cv2
 
     from mobiledense.datasets.cityscapes_labels import colorize_train_ids, train_ids_to_label_ids
+    from mobiledense.datasets.io import write_image
     from mobiledense.heads.inference import inference_model
 
     from .common import default_output_dir, list_images, read_images, select_device
@@ -54,17 +55,24 @@ def run(args: argparse.Namespace) -> int:
                                                                           "runs/seg/predict")
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path, image, error in read_images(files, "segment"):
+    for path, image, _ in read_images(files, "segment"):
+        if image is not None:
+            try:
+                train_ids = task.predict(model, image, device, args.scale)
+            except ValueError as e:  # e.g. an image too small for the network at the size asked
+                image = None
+                print(f"warning: skipping {path}: {e}", file=sys.stderr)
         if image is None:
             failed += 1
             continue
-        train_ids = task.predict(model, image, device, args.scale)
+        write_image(out / f"{path.stem}_labelIds.png", train_ids_to_label_ids(train_ids))
         colour = colorize_train_ids(train_ids)
         overlay = blend_segmentation(image, colour, args.alpha)
-        cv2.imwrite(str(out / f"{path.stem}_labelIds.png"), train_ids_to_label_ids(train_ids))
-        cv2.imwrite(str(out / f"{path.stem}_color.png"), cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        del image  # large photos: at most three image-sized buffers alive (converted in place below)
+        write_image(out / f"{path.stem}_color.png", cv2.cvtColor(colour, cv2.COLOR_RGB2BGR, dst=colour))
+        write_image(out / f"{path.stem}_overlay.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR, dst=overlay))
     print(f"{len(files) - failed} images -> {out}/ (*_labelIds.png, *_color.png, *_overlay.png)")
     if failed:
-        print(f"error: {failed} of {len(files)} images could not be read (see the warnings above)", file=sys.stderr)
+        print(f"error: {failed} of {len(files)} images could not be read or segmented (see the warnings above)",
+              file=sys.stderr)
     return 1 if failed else 0

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", type=int, default=384, help="largest image height/width")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of images in the val split")
     parser.add_argument("--max-objects", type=int, default=4, help="objects per image: 1..max")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the images/ and annotations/ of an existing dataset in --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         max_objects=args.max_objects,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.num_images} images in {time.perf_counter() - start:.1f} s")
     for split, (image_dir, ann_file) in splits.items():

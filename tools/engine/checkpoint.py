@@ -2,78 +2,43 @@
 
 Writes go to a temporary file in the same folder, are fsync'ed and then
 renamed over the target, so a run killed at any instant leaves either the old
-or the new checkpoint, never a torn one. Loading always uses
+or the new checkpoint, never a torn one; a write that fails (disk full) names
+the file and leaves the previous one. Every checkpoint carries the checksum of
+its tensors, verified when it is loaded. Loading always uses
 ``torch.load(weights_only=True)``: a checkpoint carrying pickled code is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
-import tempfile
+import socket
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import torch
 
-__all__ = ["save_atomic", "write_text_atomic", "load_checkpoint", "CheckpointManager"]
+from mobiledense.backbones import CHECKSUM_KEY, load_file_safely, tensor_checksum
+from mobiledense.datasets.io import fsync_dir, replace_atomically, write_text_atomic
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(path: str | Path, write: Callable[[Any], object], binary: bool) -> Path:
-    """``write(file)`` into a temp file beside ``path``, fsync, chmod 0644, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+__all__ = ["save_atomic", "write_text_atomic", "load_checkpoint", "CheckpointManager", "RunFolderInUse", "RunLock"]
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
-    return _replace_atomically(path, lambda f: torch.save(obj, f), binary=True)
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write a text file atomically (temp file + fsync + rename)."""
-    return _replace_atomically(path, lambda f: f.write(text), binary=False)
+    """``torch.save`` to ``path`` atomically; a dict gets the checksum of its tensors (verified on load)."""
+    if isinstance(obj, Mapping):
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: tensor_checksum(obj)}
+    return replace_atomically(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` and a clear error on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"refusing to load {path}: not a plain tensor checkpoint "
-            f"({type(e).__name__}: {first}). Only weights_only-loadable files are accepted; "
-            "a file that needs arbitrary unpickling may contain code."
-        ) from e
+    """Load a checkpoint with ``weights_only=True``; errors say what is wrong with the file (missing, empty,
+    truncated or corrupt, its checksum, pickled code)."""
+    obj = load_file_safely(path, "checkpoint", map_location)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
     return obj
@@ -119,7 +84,7 @@ class CheckpointManager:
     def mark_best(self, path: str | Path) -> Path:
         """Make ``best.pt`` the checkpoint ``path`` (a file this manager saved)."""
         _link_atomic(Path(path), self.best_path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return self.best_path
 
     def checkpoints(self) -> list[Path]:
@@ -134,3 +99,54 @@ class CheckpointManager:
             return last
         ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else None
+
+
+class RunFolderInUse(RuntimeError):
+    """Another training holds the output folder's lock."""
+
+
+class RunLock:
+    """``OUTPUT/.lock``: one training per output folder (an exclusive ``flock``, released with the process).
+
+    A second training in the same folder would resume from the first one's in-progress
+    checkpoint and race it for ``last.pt``; it is refused instead, naming the other process.
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.path = Path(output_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"pid {info['pid']} on {info['host']}, since {info['since']}"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise RunFolderInUse(f"{self.path.parent} is in use by another training ({who}): wait for it to end or "
+                               "use another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -18,6 +18,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 #: them freely (the trajectory stays the same). Every other field is part of the run's identity.
 OPERATIONAL_FIELDS = frozenset({
     "workers", "eval_every", "ckpt_every_steps", "keep_checkpoints", "max_nonfinite", "max_bad_samples",
+    "max_bad_fraction",
     "max_worker_restarts", "log_every", "tensorboard", "deterministic", "channels_last",
 })
 
@@ -58,6 +59,8 @@ class TrainConfig(Spec):
     keep_checkpoints: int = Field(3, gt=0, description="numbered checkpoints kept (best.pt is kept apart)")
     max_nonfinite: int = Field(10, gt=0, description="non-finite losses in a row before the run stops")
     max_bad_samples: int = Field(100, ge=0, description="unreadable samples skipped before the run stops")
+    max_bad_fraction: float = Field(0.5, ge=0, le=1, description="share of an epoch's samples that may fail to "
+                                                                   "load; above it the run stops unsaved")
     max_worker_restarts: int = Field(3, ge=0, description="DataLoader worker deaths survived")
     max_steps_per_epoch: int = Field(0, ge=0, description="cap per epoch (smoke runs); 0 = full epochs")
     log_every: int = Field(20, gt=0, description="steps between progress-bar updates of the loss")

@@ -52,6 +52,9 @@ class CocoDataSpec(Spec):
                              "is used)")
         if self.val_images and not self.val_ann:
             raise ValueError("val_images needs val_ann")
+        if self.val_ann and not self.val_images:
+            raise ValueError("val_ann needs val_images: the folder its file_name entries are in (the train "
+                             "folder, if it holds them)")
         return self
 
 

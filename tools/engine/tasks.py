@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledense.backbones import summarize_load_error
 from mobiledense.datasets import collate_detection
-from mobiledense.heads import create_model
+from mobiledense.heads import create_model, resolve
 from mobiledense.heads.inference import inference_model
+from mobiledense.heads.segmenter import upsampled_argmax
 from mobiledense.heads.spec import ModelSpec
 
 from .checkpoint import load_checkpoint
@@ -51,8 +53,7 @@ class DetectionTask:
         """Absolute paths; without a train json, the synthetic shapes written (once) to ``synthetic_root``."""
         if data.train_ann is not None:
             return data.replace(train_images=_abs(data.train_images), train_ann=_abs(data.train_ann),
-                                val_images=_abs(data.val_images or (data.train_images if data.val_ann else None)),
-                                val_ann=_abs(data.val_ann))
+                                val_images=_abs(data.val_images), val_ann=_abs(data.val_ann))
         from mobiledense.datasets import make_synthetic_coco
         from mobiledense.datasets.io import materialize_once
 
@@ -83,8 +84,7 @@ class DetectionTask:
         ann = ann or self.data.val_ann
         if ann is None:
             return None
-        images = images or self.data.val_images or self.data.train_images
-        return CocoDetection(images, ann, label_mapping=self.data.label_mapping)
+        return CocoDetection(images or self.data.val_images, ann, label_mapping=self.data.label_mapping)
 
     @staticmethod
     def class_info(dataset: Any) -> dict[str, Any]:
@@ -206,7 +206,8 @@ class SegmentationTask:
     def predict(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                 scale: float | None = None) -> np.ndarray:
         """Train ids (H, W uint8) of one uint8 RGB image, resized as ``eval seg`` resizes its frames
-        (bilinear up, area down; :meth:`predict_size`), logits upsampled to the image."""
+        (bilinear up, area down; :meth:`predict_size`), logits upsampled to the image in row strips
+        (:func:`~mobiledense.heads.segmenter.upsampled_argmax`: an 8000x8000 photo stays under 2 GiB)."""
         from mobiledense.datasets import build_seg_transforms
 
         h, w = image.shape[:2]
@@ -215,8 +216,7 @@ class SegmentationTask:
             self._predict_transforms[size] = build_seg_transforms(False, base_size=size)
         x = self._predict_transforms[size](image, np.zeros((h, w), np.uint8))[0]
         with torch.inference_mode():
-            logits = model(x[None].to(device))
-            pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0]
+            pred = upsampled_argmax(model(x[None].to(device)), (h, w))[0]  # strips: bounded memory on huge photos
         return pred.to(torch.uint8).cpu().numpy()
 
 
@@ -276,6 +276,18 @@ def match_categories(model: ModelSpec, dataset: Any, source: str | Path, theirs:
     return mapping
 
 
+def check_weights_backbone(spec: RunSpec) -> None:
+    """Load ``recipe.weights_backbone`` into the spec's backbone: a file of another architecture fails
+    here, naming the first mismatching keys, before anything is written."""
+    if spec.recipe.weights_backbone is None:
+        return
+    from mobiledense.backbones import create_backbone
+    from mobiledense.heads.registry import backbone_kwargs
+
+    b = resolve(spec.model).backbone
+    create_backbone(b.name, weights=spec.recipe.weights_backbone, **backbone_kwargs(b))
+
+
 def build_model(spec: RunSpec) -> nn.Module:
     """The run's network, initialised as training starts it (``recipe.weights_backbone``, else random)."""
     return create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
@@ -296,6 +308,9 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
 
     configure_logging()
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file, not a folder")
+    check_weights_backbone(spec)  # before any data is written
     spec = prepare_data(spec, out)
     seed_everything(spec.recipe.seed)  # the initial weights follow the seed (torch seeds randomly otherwise)
     task = task_for(spec)
@@ -310,6 +325,8 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
         log.warning("no validation set (%s): training without evaluation", e)
         spec = spec.replace(data=spec.data.replace(val_split=None))
         task, val = task_for(spec), None
+    if val is not None:
+        val.check_files()  # a bad evaluation set is found now, not after the first epoch
     extra: dict[str, Any] = {}
     if isinstance(task, DetectionTask) and val is not None:
         extra["label_to_category_id"] = match_categories(spec.model, val, spec.data.val_ann,
@@ -330,25 +347,6 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
     if trainer.epoch >= trainer.cfg.epochs and is_main_process():
         log.info("already trained for %d epochs (see %s); nothing to do", trainer.cfg.epochs, out)
     return trainer.fit(), trainer
-
-
-def summarize_load_error(e: BaseException, max_items: int = 3) -> str:
-    """The gist of a ``load_state_dict`` RuntimeError: a few missing/unexpected/size-mismatch items.
-
-    torch lists every offending key; for a checkpoint of another architecture that is hundreds of
-    lines, of which the first few tell what is wrong.
-    """
-    parts = []
-    for line in str(e).splitlines()[1:] or str(e).splitlines():
-        line = line.strip()
-        if line.startswith(("Missing key(s)", "Unexpected key(s)")):
-            head, _, keys = line.partition(": ")
-            names = [k.strip(' ".') for k in keys.split(",") if k.strip(' ".')]
-            more = f" and {len(names) - max_items} more" if len(names) > max_items else ""
-            parts.append(f"{head.lower()} {', '.join(names[:max_items])}{more}")
-        elif line.startswith("size mismatch") and sum("size mismatch" in p for p in parts) < max_items:
-            parts.append(line.rstrip("."))
-    return "; ".join(parts) or str(e).strip().splitlines()[0]
 
 
 def load_trained_model(path: str | Path, task: str | None = None, prefer_ema: bool = True

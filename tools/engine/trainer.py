@@ -22,6 +22,8 @@ What it guarantees:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointManager, load_checkpoint, write_text_atomic
+from .checkpoint import CheckpointManager, RunLock, load_checkpoint, write_text_atomic
 from .data import (LOADER_ERRORS, ResumableSampler, SeededDataset, crash_summary, is_worker_crash,
                    iter_without_async_worker_errors, mix_seed, skip_none_collate, worker_init)
 from .distributed import init_distributed, is_main_process
@@ -148,6 +150,9 @@ class Trainer:
         self.nonfinite_total, self.nonfinite_run, self.bad_samples = 0, 0, 0
         self.worker_restarts = 0
         self.best: dict[str, Any] = {}
+        if self.cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard (or drop the flag)")
+        self.lock = RunLock(self.output_dir)
         self.hooks = list(self.hooks if self.hooks is not None else default_hooks(self.eval_fn, self.main_metric))
         for hook in self.hooks:
             hook.trainer = self
@@ -234,22 +239,65 @@ class Trainer:
         self.best = dict(state.get("best", {}))
 
     def resume(self, path: str | Path | None = "auto") -> bool:
-        """Resume from ``path`` (``"auto"``: the newest checkpoint in the output dir, if any)."""
+        """Resume from ``path`` (``"auto"``: the newest readable checkpoint in the output dir, if any).
+
+        With ``"auto"`` a checkpoint that cannot be read (truncated, corrupt, empty) is named in a
+        warning and the next older one is taken; refused if every one is bad.
+        """
         if path is None:
             return False
-        if path == "auto":
-            path = self.ckpts.latest()
-            if path is None:
-                return False
-        state = load_checkpoint(path, map_location=self.device)
-        self.check_resumable(state, path)
-        self.load_state_dict(state)
+        with self._locked():
+            if path != "auto":
+                state = load_checkpoint(path, map_location=self.device)
+            else:
+                found = self._newest_readable()
+                if found is None:
+                    return False
+                path, state = found
+            self.check_resumable(state, path)
+            self.load_state_dict(state)
         if is_main_process():
             log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
         return True
 
+    def _newest_readable(self) -> tuple[Path, dict[str, Any]] | None:
+        candidates = ([self.ckpts.directory / "last.pt"] if (self.ckpts.directory / "last.pt").is_file() else [])
+        candidates += self.ckpts.checkpoints()[::-1]
+        bad = []
+        for candidate in candidates:
+            try:
+                return candidate, load_checkpoint(candidate, map_location=self.device)
+            except ValueError as e:
+                bad.append(str(e))
+                log.warning("cannot resume from %s; trying an older checkpoint", e)
+        if bad:
+            raise ValueError(f"no readable checkpoint in {self.ckpts.directory} to resume from ({'; '.join(bad)}); "
+                             "use --resume none (or a new --output-dir) to start over")
+        return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The output folder's lock, on rank 0 (the ranks of one DDP run share the folder)."""
+        if not is_main_process():
+            yield
+            return
+        with self.lock:
+            yield
+
     def save(self) -> Path | None:
-        """Write a checkpoint of the current state (rank 0); returns its path."""
+        """Write a checkpoint of the current state (rank 0); returns its path.
+
+        Weights that became non-finite are never written: the run stops naming the cause and
+        the last good checkpoint (every rank holds the same weights, so every rank stops).
+        """
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            last = self.ckpts.latest()
+            raise FloatingPointError(
+                f"the weights became non-finite by step {self.step} ({len(bad)} tensors, e.g. {bad[0]}): training "
+                f"diverged (lr={self.cfg.lr:g}). Nothing was saved" + (f"; the last good checkpoint is {last}" if last
+                                                                      else "") +
+                ". Lower the learning rate, enable --clip-grad-norm, or check the data")
         if is_main_process():
             return self.ckpts.save(self.state_dict(), self.step)
         return None
@@ -297,7 +345,11 @@ class Trainer:
         return out
 
     def fit(self) -> dict[str, float]:
-        """Train to ``cfg.epochs``; returns the last epoch's metrics."""
+        """Train to ``cfg.epochs``; returns the last epoch's metrics. Holds the output folder's lock."""
+        with self._locked():
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         if is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.spec is not None:
@@ -324,7 +376,7 @@ class Trainer:
 
         self.net.train()
         sums: dict[str, float] = {}
-        count, t0, images = 0, time.perf_counter(), 0
+        count, t0, images, bad = 0, time.perf_counter(), 0, 0
         total = self.steps_per_epoch - self.batch_in_epoch
         bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
                    disable=not (self.progress and is_main_process()), dynamic_ncols=True, leave=False)
@@ -332,6 +384,7 @@ class Trainer:
             if self.batch_in_epoch >= self.steps_per_epoch:
                 break
             self.bad_samples += skipped
+            bad += skipped
             if self.bad_samples > self.cfg.max_bad_samples:
                 raise TrainingAborted(
                     f"{self.bad_samples} training samples failed to load (limit max_bad_samples="
@@ -351,6 +404,7 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step(out if batch is not None else None)
         bar.close()
+        self._check_bad_fraction(bad, images)
         elapsed = time.perf_counter() - t0
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
         metrics.update(epoch=self.epoch + 1, step=self.step, time_s=elapsed,
@@ -361,6 +415,19 @@ class Trainer:
             log.info("epoch %d: %s", self.epoch + 1,
                      ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics
+
+    def _check_bad_fraction(self, bad: int, good: int) -> None:
+        """Stop before saving an epoch most of whose samples could not be loaded (this process's share)."""
+        if not bad:
+            return
+        epoch = self.epoch + 1
+        if good == 0:
+            raise TrainingAborted(f"none of the {bad} training samples of epoch {epoch} could be loaded (see the "
+                                  "warnings above for files and errors): nothing was trained or saved")
+        if bad / (bad + good) > self.cfg.max_bad_fraction:
+            raise TrainingAborted(
+                f"{bad} of the {bad + good} training samples of epoch {epoch} failed to load (limit "
+                f"max_bad_fraction={self.cfg.max_bad_fraction:g}; see the warnings above): the epoch was not saved")
 
     def _batches(self) -> Iterator[tuple[Any, int]]:
         """The epoch's remaining batches; a dead DataLoader worker is replaced (see module docs).

@@ -31,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mobiledense.datasets.io import write_text_atomic
+
 __all__ = [
     "STAT_NAMES",
     "BACKENDS",
@@ -98,16 +100,13 @@ class CocoEvalResult:
         return "\n".join(lines)
 
     def to_json(self, path: str | Path) -> Path:
-        """Write stats, per-class table, backend and timing (no arrays) to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write stats, per-class table, backend and timing (no arrays) to ``path``, atomically."""
         doc = {"iou_type": self.iou_type, "backend": self.backend, "seconds": self.seconds,
                "num_images": self.num_images, "num_detections": self.num_detections,
                "stats": self.as_dict(),
                "per_class": [{**c.__dict__, "ap": _json_float(c.ap), "ap50": _json_float(c.ap50)}
                              for c in self.per_class]}
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return write_text_atomic(json.dumps(doc, indent=1), path)
 
 
 def _json_float(x: float) -> float | None:
@@ -370,9 +369,5 @@ def detections_to_coco_results(
 
 
 def write_coco_results(results: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write COCO results (a JSON list) to ``path``, creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(list(results), f, separators=(",", ":"))
-    return path
+    """Write COCO results (a JSON list) to ``path`` atomically (a failed write names the file, keeps the old one)."""
+    return write_text_atomic(json.dumps(list(results), separators=(",", ":")), path)

@@ -31,5 +31,5 @@ def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray
 
 
 def blend_segmentation(image_rgb: np.ndarray, colour_rgb: np.ndarray, alpha: float) -> np.ndarray:
-    """The palette image blended over the photo with opacity ``alpha`` (RGB uint8)."""
-    return (image_rgb * (1 - alpha) + colour_rgb * alpha).astype("uint8")
+    """The palette image blended over the photo with opacity ``alpha`` (RGB uint8, no float copy of the image)."""
+    return cv2.addWeighted(image_rgb, 1.0 - alpha, colour_rgb, alpha, 0.0)

@@ -91,6 +91,13 @@ def _resize(size: tuple[int, int]) -> A.Resize:
                     area_for_downscale="image")
 
 
+def eval_resize(image: np.ndarray, size: tuple[int, int]) -> Tensor:
+    """One uint8 RGB image resized as the evaluation pipeline resizes frames (bilinear up, area down),
+    as a float (3, H, W) tensor in [0, 1]: what ``predict seg`` feeds, with no label to carry along."""
+    resized = _resize(size)(image=image)["image"]
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float().div_(255.0)
+
+
 def _scale(factor_range: tuple[float, float]) -> A.RandomScale:
     # RandomScale samples s in (1 + lo, 1 + hi) and resizes both sides by s (aspect kept).
     lo, hi = factor_range

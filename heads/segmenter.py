@@ -89,7 +89,8 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 2**24) -> Tensor:
+def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 2**24,
+                     dtype: torch.dtype = torch.int64) -> Tensor:
     """``F.interpolate(logits, size, bilinear).argmax(1)`` in row strips of at most ``max_elements`` values.
 
     Labels of an 8000x8000 photo from 19-class logits would need 4.9 GB of float32 at full
@@ -99,14 +100,15 @@ def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 
     ``max_elements`` take the one-shot path.
 
     Args:
-        logits: (N, C, h, w). size: output (H, W).
+        logits: (N, C, h, w). size: output (H, W). dtype: of the labels (``uint8`` for up to 256
+            classes: an eighth of int64's memory at full size).
     """
     n, c, h, w = logits.shape
     height, width = size
     if n * c * height * width <= max_elements:
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).to(dtype)
     rows = max(1, max_elements // (n * c * width))
-    out = torch.empty((n, height, width), dtype=torch.int64, device=logits.device)
+    out = torch.empty((n, height, width), dtype=dtype, device=logits.device)
     scale = h / height
     for y0 in range(0, height, rows):
         y = torch.arange(y0, min(y0 + rows, height), device=logits.device, dtype=torch.float32)

@@ -119,11 +119,18 @@ def say_override(flag: str, value: Any, stored: Any) -> None:
         log.warning("%s %s overrides the run spec's %r", flag, value, stored)
 
 
-def default_output_dir(checkpoint: str | None, name: str, fallback: str) -> Path:
-    """``<run>/<name>`` for ``<run>/checkpoints/x.pt``, else ``fallback``."""
-    if checkpoint and Path(checkpoint).parent.name == "checkpoints":
-        return Path(checkpoint).parent.parent / name
-    return Path(fallback)
+def output_folder(given: str | None, checkpoint: str | None, name: str, fallback: str) -> Path:
+    """``--output-dir``, else ``<run>/<name>`` for ``<run>/checkpoints/x.pt``, else ``fallback``; refused
+    if it is a file (checked first, before any work; created when results are written)."""
+    if given:
+        out = Path(given)
+    elif checkpoint and Path(checkpoint).parent.name == "checkpoints":
+        out = Path(checkpoint).parent.parent / name
+    else:
+        out = Path(fallback)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file, not a folder")
+    return out
 
 
 def run_training(args: argparse.Namespace, spec: Any) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 from .common import add_inference_arguments, say_override
@@ -64,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import CocoDetection
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, select_device
+    from .common import output_folder, select_device
     from .engine.tasks import DetectionTask, match_categories
     from .evaluation import evaluate_detector
     from .evaluation.coco import write_coco_results
     from .evaluation.reports import plot_per_class_bars, plot_pr_curves
 
+    out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/det/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, spec = load_detector(args)
     if spec is not None:
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     result, detections = evaluate_detector(
         inference_model(model, device, args.eager), dataset, batch_size=batch_size, workers=args.workers,
         device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
-    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "eval", "runs/det/eval")
     out.mkdir(parents=True, exist_ok=True)
     write_coco_results(detections, out / "results.json")
     result.to_json(out / "metrics.json")

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-from pathlib import Path
 
 from .common import add_inference_arguments, say_override
 
@@ -41,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.io import write_image, write_text_atomic
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, select_device
+    from .common import output_folder, select_device
     from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.reports import plot_confusion_matrix, plot_per_class_bars
 
+    out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/seg/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, spec = load_trained_model(args.checkpoint, "seg", prefer_ema=not args.no_ema)
     data = spec.data
@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     if spec.model.class_names and tuple(dataset.class_names) != spec.model.class_names:
         raise ValueError(f"{dataset.root}: its classes {list(dataset.class_names)[:5]}... differ from the "
                          f"checkpoint's {list(spec.model.class_names)[:5]}...")
-    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "eval", "runs/seg/eval")
     pred_dir = out / "predictions"
     if args.save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)

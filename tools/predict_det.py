@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 from .common import add_inference_arguments
@@ -38,13 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, list_images, read_images, select_device
+    from .common import output_folder, list_images, read_images, select_device
     from mobiledense.datasets.io import replace_atomically, write_image
 
     from .engine.tasks import DetectionTask
     from .evaluation.overlays import draw_detections
     from .eval_det import load_detector
 
+    out = output_folder(args.output_dir, args.checkpoint, "predict", "runs/det/predict")
     if not 0 <= args.score_thresh <= 1:
         raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     files = list_images(args.inputs)
@@ -54,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model = inference_model(model, device, args.eager)
     model.score_thresh = min(model.score_thresh, args.score_thresh)
-    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "predict",
-                                                                          "runs/det/predict")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     counts = {"boxes": 0, "failed": 0}
 

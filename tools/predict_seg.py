@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .common import add_inference_arguments
 
@@ -33,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.io import write_image
     from mobiledense.heads.inference import inference_model
 
-    from .common import default_output_dir, list_images, read_images, select_device
+    from .common import output_folder, list_images, read_images, select_device
     from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.overlays import blend_segmentation
 
+    out = output_folder(args.output_dir, args.checkpoint, "predict", "runs/seg/predict")
     bad = [msg for ok, msg in ((0 <= args.alpha <= 1, f"--alpha must be in [0, 1], got {args.alpha}"),
                                (args.scale is None or args.scale > 0, f"--scale must be > 0, got {args.scale}"))
            if not ok]
@@ -51,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model = inference_model(model, device, args.eager)
     task = SegmentationTask(spec)
-    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.checkpoint, "predict",
-                                                                          "runs/seg/predict")
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path, image, _ in read_images(files, "segment"):

@@ -3,23 +3,24 @@
 Usage: ``python rss_probe.py OUT.json -- eval det --checkpoint ...``. Every image the command
 reads (``read_image_rgb``, the one entry point of both the datasets and ``predict``) appends
 ``VmRSS`` in MiB to a list; the JSON holds that list, the exit status and the peak RSS
-(``ru_maxrss``). Used by ``test_memory.py`` and for the documented 5000-image measurement.
+(``VmHWM``). Used by ``test_memory.py`` and for the documented 5000-image measurement.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from pathlib import Path
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, MiB. VmHWM belongs to the address space
+    ``exec`` made, unlike ``ru_maxrss``, which a child inherits from the parent it was forked from."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
 
     coco.read_image_rgb = ds.read_image_rgb = reading  # datasets and predict_* look it up at call time
     rc = cli_main(argv)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = rss_mib("VmHWM")
     Path(out).write_text(json.dumps({"rc": rc, "rss_mib": samples, "peak_rss_mib": peak, "end_rss_mib": rss_mib()}))
     return rc
 

@@ -1,4 +1,4 @@
-"""Memory stays bounded on long runs: ``eval det`` and ``predict det`` keep no image alive.
+"""Memory stays bounded on long runs: ``eval det``, ``predict det`` and ``predict seg`` keep no image alive.
 
 ``rss_probe.py`` records the process's resident memory each time an image is read. Over the
 second half of a run, RSS may grow only by what the outputs need: nothing for ``predict``
@@ -50,6 +50,12 @@ def growth_per_image(rss: list[float]) -> float:
     return (rss[-1] - rss[half]) / (len(rss) - 1 - half)
 
 
+def quarter_growth_mib(rss: list[float]) -> float:
+    """Mean RSS of the last quarter of the run minus that of the first quarter (after warm-up)."""
+    q = len(rss) // 4
+    return sum(rss[-q:]) / q - sum(rss[q:2 * q]) / q
+
+
 def test_eval_det_memory_grows_only_with_the_detections(images, det_checkpoint, tmp_path, env) -> None:
     image_dir, ann = images
     result = probe(tmp_path, env, "eval", "det", "--checkpoint", str(det_checkpoint), "--val-images", str(image_dir),
@@ -66,3 +72,13 @@ def test_predict_det_memory_is_flat(images, det_checkpoint, tmp_path, env) -> No
     assert len((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()) == NUM_IMAGES
     assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == NUM_IMAGES
     assert growth_per_image(result["rss_mib"]) < PREDICT_BUDGET_MIB, result
+    assert quarter_growth_mib(result["rss_mib"]) < PREDICT_BUDGET_MIB * NUM_IMAGES / 2, result
+
+
+def test_predict_seg_memory_is_flat(images, seg_checkpoint, tmp_path, env) -> None:
+    image_dir, _ = images
+    result = probe(tmp_path, env, "predict", "seg", str(image_dir), "--checkpoint", str(seg_checkpoint),
+                   "--output-dir", str(tmp_path / "pred"))
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == NUM_IMAGES
+    assert growth_per_image(result["rss_mib"]) < PREDICT_BUDGET_MIB, result
+    assert quarter_growth_mib(result["rss_mib"]) < PREDICT_BUDGET_MIB * NUM_IMAGES / 2, result

@@ -8,7 +8,7 @@ evaluation, the best checkpoint and logs. :func:`load_trained_model` rebuilds a 
 its spec from a checkpoint alone.
 """
 
-from .checkpoint import CheckpointManager, load_checkpoint, save_atomic, write_text_atomic
+from .checkpoint import CheckpointManager, RunFolderInUse, RunLock, load_checkpoint, save_atomic, write_text_atomic
 from .data import ResumableSampler, SeededDataset, seed_everything, skip_none_collate
 from .distributed import configure_logging, init_distributed, is_main_process, world_size
 from .hooks import BestCheckpoint, EvalHook, HookBase, MetricsLog, PeriodicCheckpoint, default_hooks
@@ -27,6 +27,8 @@ __all__ = [
     "OPERATIONAL_FIELDS",
     "PeriodicCheckpoint",
     "ResumableSampler",
+    "RunFolderInUse",
+    "RunLock",
     "RunSpec",
     "SeededDataset",
     "TrainConfig",

@@ -134,7 +134,6 @@ class SegmentationTask:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self.data = spec, spec.data
         self._criterion: Any = None
-        self._predict_transforms: dict[tuple[int, int], Any] = {}
 
     @staticmethod
     def prepare(data: CityscapesDataSpec, synthetic_root: Path) -> CityscapesDataSpec:
@@ -208,16 +207,13 @@ class SegmentationTask:
         """Train ids (H, W uint8) of one uint8 RGB image, resized as ``eval seg`` resizes its frames
         (bilinear up, area down; :meth:`predict_size`), logits upsampled to the image in row strips
         (:func:`~mobiledense.heads.segmenter.upsampled_argmax`: an 8000x8000 photo stays under 2 GiB)."""
-        from mobiledense.datasets import build_seg_transforms
+        from mobiledense.datasets.seg_transforms import eval_resize
 
         h, w = image.shape[:2]
-        size = self.predict_size(h, w, scale)
-        if size not in self._predict_transforms:
-            self._predict_transforms[size] = build_seg_transforms(False, base_size=size)
-        x = self._predict_transforms[size](image, np.zeros((h, w), np.uint8))[0]
-        with torch.inference_mode():
-            pred = upsampled_argmax(model(x[None].to(device)), (h, w))[0]  # strips: bounded memory on huge photos
-        return pred.to(torch.uint8).cpu().numpy()
+        x = eval_resize(image, self.predict_size(h, w, scale))
+        with torch.inference_mode():  # strips: bounded memory on huge photos
+            pred = upsampled_argmax(model(x[None].to(device)), (h, w), dtype=torch.uint8)[0]
+        return pred.cpu().numpy()
 
 
 def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask:

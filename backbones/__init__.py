@@ -27,6 +27,7 @@ from . import mobilenetv3  # noqa: F401  (registers its factories)
 from . import shufflenet  # noqa: F401
 from . import squeezenet  # noqa: F401
 from . import xception  # noqa: F401
+from . import pretrained  # noqa: F401  (the named weights)
 
 __all__ = [
     "BACKBONES",

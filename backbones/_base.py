@@ -236,38 +236,59 @@ def _build(name: str, kwargs: Mapping[str, Any]) -> Backbone:
     return entry.factory(**kwargs)
 
 
-def create_backbone(name: str, *, weights: str | Path | None = None, **kwargs: Any) -> Backbone:
+def _weights(weights: str | Path | Mapping[str, Tensor], name: str, kwargs: dict[str, Any]) -> dict[str, Tensor]:
+    """A state_dict from a local file, a registered weight name (``imagenet``, ``torchvision:...``,
+    ``timm:...``: downloaded by its library) or a state_dict. A named entry's options (e.g.
+    ``padding="caffe"``) are added to ``kwargs``; one given otherwise is refused."""
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    from .pretrained import is_weights_name, resolve_weights, weights_state_dict
+
+    if not is_weights_name(weights):
+        return load_state_dict_file(weights)
+    entry = resolve_weights(str(weights), name, "backbone")
+    for key, value in entry.options.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f"weights {entry.name} need {key}={value!r} (they were trained so), got {kwargs[key]!r}")
+        kwargs.setdefault(key, value)
+    return weights_state_dict(entry)
+
+
+def create_backbone(name: str, *, weights: str | Path | Mapping[str, Tensor] | None = None,
+                    **kwargs: Any) -> Backbone:
     """Build a registered backbone, e.g. ``create_backbone("mobilenet_v3_large", output_stride=16)``.
 
     Args:
         name: registry name (see :func:`list_backbones`).
-        weights: optional local path of a state_dict for the backbone (our key
-            names, or a torchvision classifier checkpoint: both are accepted).
+        weights: a local file (our keys, or a torchvision classifier checkpoint), a registered
+            name (``"imagenet"``, ``"torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1"``,
+            ``"timm:..."``; :mod:`mobiledense.backbones.pretrained`) or a state_dict.
         **kwargs: ``output_stride``, ``taps`` and the family's ``options``
             (``width_mult``, ...), checked against the registry entry first.
     """
+    sd = None if weights is None else _weights(weights, name, kwargs)
     model = _build(name, kwargs)
-    if weights is not None:
-        sd = _strip_to_backbone(load_state_dict_file(weights), model)
+    if sd is not None:
         try:
-            model.load_state_dict(sd)
+            model.load_state_dict(_strip_to_backbone(sd, model))
         except RuntimeError as e:  # another architecture or width: name the file and the first mismatches
-            raise ValueError(f"{weights}: its weights do not fit backbone {name} {kwargs or ''}: "
+            what = weights if isinstance(weights, (str, Path)) else "the state_dict"
+            raise ValueError(f"{what}: its weights do not fit backbone {name} {kwargs or ''}: "
                              f"{summarize_load_error(e)}") from e
     return model
 
 
 def create_classifier(
-    name: str, *, num_classes: int = 1000, weights: str | Path | None = None, **kwargs: Any
+    name: str, *, num_classes: int = 1000, weights: str | Path | Mapping[str, Tensor] | None = None, **kwargs: Any
 ) -> ImageClassifier:
     """Build ``ImageClassifier(create_backbone(name, **kwargs), num_classes)``.
 
-    ``weights`` may be one of our classifier checkpoints or a torchvision
-    classifier state_dict of the same architecture (keys are converted).
+    ``weights``: one of our classifier checkpoints, a torchvision classifier state_dict of the
+    same architecture (keys are converted), or a registered name (``"imagenet"``, ...).
     """
+    sd = None if weights is None else _weights(weights, name, kwargs)
     model = ImageClassifier(_build(name, kwargs), num_classes)
-    if weights is not None:
-        sd = load_state_dict_file(weights)
+    if sd is not None:
         if not any(k.startswith("backbone.") for k in sd):
             sd = from_torchvision(sd, model)
         model.load_state_dict(sd)

@@ -53,12 +53,12 @@ class DepthwiseSeparable(nn.Module):
     """Fig. 3 right: 3x3 depthwise conv -> BN -> ReLU -> 1x1 conv -> BN -> ReLU."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, dilation: int = 1,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+                 act: Callable[..., nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.dw = Conv2dNormActivation(in_ch, in_ch, 3, stride, dilation=dilation, groups=in_ch,
-                                       norm_layer=norm_layer, activation_layer=nn.ReLU)
-        self.pw = Conv2dNormActivation(in_ch, out_ch, 1, norm_layer=norm_layer,
-                                       activation_layer=nn.ReLU)
+                                       norm_layer=norm_layer, activation_layer=act)
+        self.pw = Conv2dNormActivation(in_ch, out_ch, 1, norm_layer=norm_layer, activation_layer=act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pw(self.dw(x))
@@ -76,18 +76,23 @@ class MobileNetV1(SequentialBackbone):
         norm_layer: BatchNorm factory (default ``nn.BatchNorm2d``).
         dropout: dropout before the classifier (0 by default: the paper uses
             little regularisation for small models, §3.2).
+        activation: ``"relu"`` (the paper's) or ``"relu6"`` (the TF / timm implementations').
     """
 
     supported_output_strides = (8, 16, 32)
     supported_taps = ("deepest", "first")
-    options = ("width_mult", "norm_layer", "dropout")
+    options = ("width_mult", "norm_layer", "dropout", "activation")
 
     def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
                  taps: Mapping[int, str] | None = None,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.0) -> None:
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.0,
+                 activation: str = "relu") -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV1 width_mult must be positive, got {width_mult}")
+        if activation not in ("relu", "relu6"):
+            raise ValueError(f"MobileNetV1 activation must be 'relu' or 'relu6', got {activation!r}")
+        act = nn.ReLU6 if activation == "relu6" else nn.ReLU
         check_output_stride("mobilenet_v1", output_stride, self.supported_output_strides)
         self.width_mult, self.output_stride, self.dropout = width_mult, output_stride, dropout
 
@@ -95,10 +100,10 @@ class MobileNetV1(SequentialBackbone):
         outs = [make_divisible(row.out_ch * width_mult, 8) for row in BLOCKS]
         plan = plan_dilation([2] + [row.stride for row in BLOCKS], output_stride)
         layers: list[nn.Module] = [
-            Conv2dNormActivation(3, stem, 3, 2, norm_layer=norm_layer, activation_layer=nn.ReLU)
+            Conv2dNormActivation(3, stem, 3, 2, norm_layer=norm_layer, activation_layer=act)
         ]
         for in_ch, out_ch, (s, d) in zip([stem] + outs[:-1], outs, plan[1:]):
-            layers.append(DepthwiseSeparable(in_ch, out_ch, s, d, norm_layer))
+            layers.append(DepthwiseSeparable(in_ch, out_ch, s, d, norm_layer, act))
         self.features = nn.Sequential(*layers)
 
         strides, cur = [], 1

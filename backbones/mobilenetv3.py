@@ -142,17 +142,21 @@ class MobileNetV3(SequentialBackbone):
             SSDLite's C4 (paper §6.3); ``{8: "first"}`` the first stride-8 block, which
             LR-ASPP's low branch reads in torchvision. Expansion taps need that block strided.
         norm_layer: BatchNorm factory (default eps 1e-3, momentum 0.01).
+        bn_eps: overrides the BatchNorm eps (1e-5 for timm's ``mobilenetv3_*`` weights).
         dropout: dropout of the classifier head.
     """
 
     supported_output_strides = (8, 16, 32)
     supported_taps = ("deepest", "first", "expansion")
-    options = ("width_mult", "reduced_tail", "norm_layer", "dropout")  # arch: one factory each
+    options = ("width_mult", "reduced_tail", "norm_layer", "bn_eps", "dropout")  # arch: one factory each
 
     def __init__(self, arch: str = "large", width_mult: float = 1.0, reduced_tail: bool = False,
                  output_stride: int = 32, taps: Mapping[int, str] | None = None,
-                 norm_layer: Callable[..., nn.Module] = BatchNorm, dropout: float = 0.2) -> None:
+                 norm_layer: Callable[..., nn.Module] = BatchNorm, bn_eps: float | None = None,
+                 dropout: float = 0.2) -> None:
         super().__init__()
+        if bn_eps is not None:  # timm trains its MobileNetV3s with PyTorch's default 1e-5
+            norm_layer = partial(norm_layer, eps=bn_eps)
         if arch not in ("large", "small"):
             raise ValueError(f"MobileNetV3 arch must be 'large' or 'small', got {arch!r}")
         check_output_stride(f"mobilenet_v3_{arch}", output_stride, self.supported_output_strides)

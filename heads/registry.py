@@ -24,13 +24,16 @@ from pydantic import ValidationError
 from torch import nn
 
 from mobiledense.backbones import BackboneEntry, get_backbone_entry, load_state_dict_file
+from mobiledense.backbones.pretrained import (PretrainedWeights, is_weights_name, resolve_weights,
+                                              weights_state_dict)
 from mobiledense.backbones._base import UNIVERSAL_OPTIONS
 
 from .spec import BackboneSpec, ModelSpec, SmpSpec, format_validation_error
 
 __all__ = ["HEADS", "MODELS", "HeadEntry", "ModelEntry", "register_head", "register_model", "get_model_entry",
            "list_models", "build_model_spec", "model_spec", "resolve", "create_model", "backbone_kwargs",
-           "model_task"]
+           "model_task", "with_weights", "model_weights", "model_state_dict", "load_for_finetuning",
+           "CLASS_LAYER_WORDS"]
 
 Builder = Callable[[ModelSpec, "str | Path | None"], nn.Module]
 _TASK_WORD = {"det": "detector", "seg": "segmenter", None: "model"}
@@ -228,6 +231,61 @@ def _backbone_entries() -> list[tuple[str, BackboneEntry]]:
     return sorted(BACKBONES.items())
 
 
+def _with_options(spec: ModelSpec, entry: PretrainedWeights) -> ModelSpec:
+    """``spec`` with the backbone options ``entry`` was trained with; a different value given is refused."""
+    b = spec.backbone
+    fields, options = {}, dict(b.options)
+    for key, value in entry.options.items():
+        current = getattr(b, key) if key in _BACKBONE_FIELDS else options.get(key)
+        if current is not None and current != value and not (key in _BACKBONE_FIELDS and
+                                                              current == BackboneSpec.model_fields[key].default):
+            raise ValueError(f"weights {entry.name} need {key}={value!r} (they were trained so); the model has "
+                             f"{current!r}")
+        (fields if key in _BACKBONE_FIELDS else options).__setitem__(key, value)
+    return spec.replace(backbone=b.replace(options=options, **fields)) if entry.options else spec
+
+
+def with_weights(spec: ModelSpec, weights: Any = None, weights_backbone: Any = None) -> ModelSpec:
+    """``spec`` as named weights need it: the options their backbone was trained with (SqueezeNet's
+    ``padding="caffe"``, timm's ``bn_eps=1e-5`` ...), so the spec a checkpoint stores rebuilds the same net."""
+    if is_weights_name(weights_backbone):
+        spec = _with_options(spec, resolve_weights(str(weights_backbone), spec.backbone.name, "backbone"))
+    if is_weights_name(weights):
+        spec = _with_options(spec, model_weights(spec, str(weights)))
+    return spec
+
+
+def model_weights(spec: ModelSpec, name: str) -> PretrainedWeights:
+    """The whole-model entry ``name`` (``coco``, ``torchvision:...``) stands for, for the model of ``spec``."""
+    if spec.name is None:
+        raise ValueError(f"weights {name!r} are named for a registered model; this spec has no name "
+                         "(build it with model_spec(NAME, ...))")
+    return resolve_weights(name, spec.name, "model")
+
+
+def model_state_dict(spec: ModelSpec, weights: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A whole-model state_dict in our layout: a registered name (downloaded, converted), a local file
+    (ours or torchvision's layout) or a state_dict."""
+    head = HEADS[spec.head.kind]
+    if isinstance(weights, Mapping):
+        sd = dict(weights)
+    elif is_weights_name(weights):
+        sd = weights_state_dict(model_weights(spec, str(weights)))
+    else:
+        sd = load_state_dict_file(weights)
+    return head.convert(sd) if head.convert else sd
+
+
+def _class_names(entry: PretrainedWeights, task: str) -> dict[str, Any]:
+    """class_names / category_ids of a torchvision whole-model entry (detection: ids are the labels)."""
+    names = entry.categories
+    if not names:
+        return {}
+    if task == "det":
+        return {"class_names": tuple(names[1:]), "category_ids": tuple(range(1, len(names)))}
+    return {"class_names": tuple(names)}
+
+
 def create_model(spec: ModelSpec | str, *, num_classes: int | None = None, task: str | None = None,
                  weights: str | Path | None = None, weights_backbone: str | Path | None = None,
                  **options: Any) -> nn.Module:
@@ -235,27 +293,63 @@ def create_model(spec: ModelSpec | str, *, num_classes: int | None = None, task:
 
     Args:
         spec: the spec, or a name of :func:`list_models` (``task`` then checks its task).
-        num_classes: with a name: outputs (detection counts the background); default the name's.
-        weights: local state_dict of the whole model (ours, or the torchvision layout of
-            its head, converted); loaded with ``weights_only=True``.
-        weights_backbone: local backbone / classifier state_dict (ImageNet initialisation).
+        num_classes: with a name: outputs (detection counts the background); default the name's, or
+            that of the named ``weights``.
+        weights: the whole model: a local state_dict file (ours, or the torchvision layout of its
+            head, converted) or a registered name (``"coco"``, ``"torchvision:..."``; downloaded
+            by torchvision's hash-checked cache). Loaded with ``weights_only=True``.
+        weights_backbone: the backbone: a local file or a registered name (``"imagenet"``,
+            ``"torchvision:..."``, ``"timm:..."``).
         **options: with a name: spec options on top of its defaults (:func:`build_model_spec`).
 
     Returns:
         The model, with its resolved spec as ``model.spec``.
     """
     if isinstance(spec, str):
-        spec = model_spec(spec, num_classes, task=task, **options)
+        named = is_weights_name(weights)
+        entry = resolve_weights(str(weights), spec, "model") if named else None
+        spec = model_spec(spec, num_classes or (entry.num_classes if entry else None), task=task, **options)
+        if entry is not None and spec.num_classes == entry.num_classes and not spec.class_names:
+            spec = spec.replace(**_class_names(entry, spec.task))
     elif options or num_classes is not None:
         raise TypeError("create_model(spec) takes no options: change the spec (spec.replace(...)) instead")
-    spec = resolve(spec)
+    spec = resolve(with_weights(spec, weights, weights_backbone))
+    if is_weights_name(weights) and model_weights(spec, str(weights)).num_classes != spec.num_classes:
+        entry = model_weights(spec, str(weights))
+        raise ValueError(f"weights {entry.name} have {entry.num_classes} classes, the model {spec.num_classes}: "
+                         "to start from them with other classes, fine-tune (train det|seg --weights NAME "
+                         "re-initialises the class layers)")
     head = HEADS[spec.head.kind]
     model = head.build(spec, weights_backbone)
     if weights is not None:
-        sd = load_state_dict_file(weights)
-        model.load_state_dict(head.convert(sd) if head.convert else sd)
+        model.load_state_dict(model_state_dict(spec, weights))
     model.spec = spec
     return model
+
+
+#: The layers whose shape follows the number of classes (re-initialised when fine-tuning to other classes).
+CLASS_LAYER_WORDS = ("classification_head", "classifier", "segmentation_head")
+
+
+def load_for_finetuning(model: nn.Module, weights: str | Path | Mapping[str, Any]) -> list[str]:
+    """Load whole-model ``weights`` into ``model`` except the class-count dependent layers; returns those.
+
+    Every other tensor must fit (same key, same shape): weights of another architecture are
+    refused naming the first mismatches. The skipped layers keep the model's fresh init
+    (for SSDLite the classification convs, for LR-ASPP the two classifiers).
+    """
+    from mobiledense.backbones import summarize_load_error
+
+    sd, own = model_state_dict(model.spec, weights), model.state_dict()
+    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape
+               and any(w in k for w in CLASS_LAYER_WORDS)]
+    kept = {k: v for k, v in sd.items() if k not in skipped}
+    try:
+        model.load_state_dict({**{k: own[k] for k in skipped}, **kept})
+    except RuntimeError as e:
+        raise ValueError(f"weights {weights if isinstance(weights, (str, Path)) else ''} do not fit "
+                         f"{model.spec.describe()}: {summarize_load_error(e)}") from e
+    return skipped
 
 
 # ---------------------------------------------------------------------- smp heads (imported lazily)

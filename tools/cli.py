@@ -33,6 +33,7 @@ COMMANDS: dict[str, dict[str | None, tuple[str, str]]] = {
     "bench": {None: ("bench", "latency/throughput against torchvision, same weights")},
     "export": {None: ("export", "export a model to ONNX and check it against PyTorch")},
     "backbones": {None: ("list_backbones", "list registered backbones with params and MAdds")},
+    "weights": {None: ("weights", "list / download the named pretrained weights (torchvision, timm)")},
     "compare": {None: ("compare", "train/evaluate backbones x heads under one recipe; table + Pareto plots")},
     "synth": {
         "det": ("synth_det", "write a synthetic COCO-format detection dataset"),

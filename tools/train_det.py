@@ -22,11 +22,12 @@ from .common import add_spec_arguments, given, run_training
 from .engine import CocoDataSpec, TrainConfig
 
 #: Recipes: (recipe, model options, data options). "torchvision" is the reference recipe of
-#: torchvision's ssdlite320_mobilenet_v3_large (21.3 mAP): 8 GPUs x 24 images, 660 epochs.
+#: torchvision's ssdlite320_mobilenet_v3_large (21.3 mAP): 8 GPUs x 24 images, 660 epochs, from its
+#: ImageNet backbone (MobileNet_V3_Large_Weights.IMAGENET1K_V1, the "imagenet" alias).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "torchvision": {
         "recipe": dict(epochs=660, batch_size=24, lr=0.15, weight_decay=4e-5, schedule="cosine", warmup_iters=1000,
-                       warmup_factor=1e-3, workers=8),
+                       warmup_factor=1e-3, workers=8, weights_backbone="imagenet"),
         "model": dict(size=320), "data": dict(augment="ssdlite")},
     # A few CPU minutes on the synthetic shapes: the README's first command.
     "quick": {

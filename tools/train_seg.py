@@ -25,12 +25,14 @@ from .engine import CityscapesDataSpec, TrainConfig
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mmseg": {
         "recipe": dict(epochs=1721, batch_size=4, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="poly",
-                       poly_power=0.9, min_lr=1e-4, warmup_iters=0, workers=4, eval_every=100, seg_loss="ce"),
+                       poly_power=0.9, min_lr=1e-4, warmup_iters=0, workers=4, eval_every=100, seg_loss="ce",
+                       weights_backbone="imagenet"),
         "data": dict(crop=(512, 1024), base_size=(1024, 2048), scale_range=(0.5, 2.0))},
     # AdamW variant (our recipe, not a published one): converges with less LR tuning.
     "adamw": {
         "recipe": dict(epochs=1721, batch_size=4, lr=5e-4, weight_decay=1e-2, optimizer="adamw", schedule="poly",
-                       poly_power=0.9, min_lr=1e-6, warmup_iters=1000, workers=4, eval_every=100, seg_loss="ce"),
+                       poly_power=0.9, min_lr=1e-6, warmup_iters=1000, workers=4, eval_every=100, seg_loss="ce",
+                       weights_backbone="imagenet"),
         "data": dict(crop=(512, 1024), base_size=(1024, 2048), scale_range=(0.5, 2.0))},
     # A few CPU minutes on the synthetic streets: the README's command.
     "quick": {
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_spec(args: argparse.Namespace) -> Any:
     """The run spec the flags describe: the preset, then every flag given on top of it."""
-    from mobiledense.heads import build_model_spec
+    from mobiledense.heads import build_model_spec, model_spec
 
     from .engine import RunSpec
 
@@ -88,7 +90,8 @@ def build_spec(args: argparse.Namespace) -> Any:
         data["val_split"] = None if args.val_split == "none" else args.val_split
     options = {k: v for k, v in (("pool", args.pool), ("reduced_tail", args.reduced_tail),
                                  ("width_mult", args.width_mult)) if v is not None}
-    model = build_model_spec("seg", args.head, args.backbone, num_classes=19, **options)
+    model = (model_spec(f"lraspp_{args.backbone}", num_classes=19, **options) if args.head == "lraspp"
+             else build_model_spec("seg", args.head, args.backbone, num_classes=19, **options))
     return RunSpec.parse(model=model, data=CityscapesDataSpec.parse(**data), recipe=recipe)
 
 

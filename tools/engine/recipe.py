@@ -49,7 +49,10 @@ class TrainConfig(Spec):
     bn_momentum: float | None = Field(None, gt=0, le=1, description="override every BatchNorm's momentum")
     seg_loss: str = Field("ce", description="segmentation loss: ce, dice, focal, lovasz or sums like "
                                             "ce+0.5*lovasz (detection losses are the head's: SSDLiteSpec.loss)")
-    weights_backbone: str | None = Field(None, description="local backbone state_dict the run started from")
+    weights: str | None = Field(None, description="whole-model weights the run starts from: a file or a name "
+                                                  "(coco, torchvision:...); class layers re-initialised")
+    weights_backbone: str | None = Field(None, description="backbone weights the run starts from: a file or a "
+                                                           "name (imagenet, torchvision:..., timm:...)")
     world_size: int | None = Field(None, ge=1, description="processes of the run (filled in when it starts)")
     workers: int = Field(4, ge=0, description="DataLoader worker processes")
     seed: int = Field(0, description="seeds initial weights, sample order and augmentation")

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from mobiledense.backbones import summarize_load_error
 from mobiledense.datasets import collate_detection
+from mobiledense.backbones.pretrained import is_weights_name
 from mobiledense.heads import create_model, resolve
+from mobiledense.heads.registry import load_for_finetuning, with_weights
 from mobiledense.heads.inference import inference_model
 from mobiledense.heads.segmenter import upsampled_argmax
 from mobiledense.heads.spec import ModelSpec
@@ -38,6 +40,11 @@ log = logging.getLogger("mobiledense.train")
 
 def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _abs_file(value: str | None) -> str | None:
+    """A weights file made absolute; a registered weight name (``imagenet``, ``torchvision:...``) kept."""
+    return value if value is None or is_weights_name(value) else _abs(value)
 
 
 class DetectionTask:
@@ -224,7 +231,8 @@ def prepare_data(spec: RunSpec, output_dir: str | Path) -> RunSpec:
     """``spec`` with absolute paths (data, backbone weights); the default synthetic set written (once) in
     ``output_dir``."""
     prepare = DetectionTask.prepare if spec.task == "det" else SegmentationTask.prepare
-    recipe = spec.recipe.replace(weights_backbone=_abs(spec.recipe.weights_backbone))
+    recipe = spec.recipe.replace(weights_backbone=_abs_file(spec.recipe.weights_backbone),
+                                 weights=_abs_file(spec.recipe.weights))
     return spec.replace(data=prepare(spec.data, Path(output_dir) / "synthetic"), recipe=recipe)
 
 
@@ -272,9 +280,20 @@ def match_categories(model: ModelSpec, dataset: Any, source: str | Path, theirs:
     return mapping
 
 
+def with_initial_weights(spec: RunSpec) -> RunSpec:
+    """The model spec as the run's named starting weights need it (their backbone options), checked now."""
+    r = spec.recipe
+    return spec.replace(model=resolve(with_weights(spec.model, r.weights, r.weights_backbone)))
+
+
 def check_weights_backbone(spec: RunSpec) -> None:
-    """Load ``recipe.weights_backbone`` into the spec's backbone: a file of another architecture fails
-    here, naming the first mismatching keys, before anything is written."""
+    """Fetch named starting weights and load ``recipe.weights_backbone`` into the spec's backbone: a file of
+    another architecture, or an offline machine, fails here, naming the problem, before anything is written."""
+    if is_weights_name(spec.recipe.weights):  # fetched (and cached) now: offline fails before any work
+        from mobiledense.backbones.pretrained import weights_state_dict
+        from mobiledense.heads.registry import model_weights
+
+        weights_state_dict(model_weights(spec.model, spec.recipe.weights))
     if spec.recipe.weights_backbone is None:
         return
     from mobiledense.backbones import create_backbone
@@ -285,8 +304,14 @@ def check_weights_backbone(spec: RunSpec) -> None:
 
 
 def build_model(spec: RunSpec) -> nn.Module:
-    """The run's network, initialised as training starts it (``recipe.weights_backbone``, else random)."""
-    return create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
+    """The run's network, initialised as training starts it: ``recipe.weights`` (all but the class layers,
+    which are re-initialised and logged), else ``recipe.weights_backbone``, else random."""
+    model = create_model(spec.model, weights_backbone=spec.recipe.weights_backbone)
+    if spec.recipe.weights is not None:
+        fresh = load_for_finetuning(model, spec.recipe.weights)
+        log.info("started from %s; re-initialised for %d classes: %s", spec.recipe.weights, spec.model.num_classes,
+                 ", ".join(fresh) or "nothing (same classes)")
+    return model
 
 
 def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = "auto",
@@ -306,6 +331,7 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output-dir {out} is a file, not a folder")
+    spec = with_initial_weights(spec)
     check_weights_backbone(spec)  # before any data is written
     spec = prepare_data(spec, out)
     seed_everything(spec.recipe.seed)  # the initial weights follow the seed (torch seeds randomly otherwise)

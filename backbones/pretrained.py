@@ -237,8 +237,9 @@ def _register_timm(reference: str, target: str, default: bool, positional: bool 
 
 
 def _register_all() -> None:
+    # torchvision builds its COCO SSDLite without an ImageNet backbone, hence with the reduced tail (3.44 M).
     _register_torchvision("SSDLite320_MobileNet_V3_Large_Weights.COCO_V1", "model", "ssdlite320_mobilenet_v3_large",
-                          True, num_classes=91)
+                          True, num_classes=91, reduced_tail=True)
     _register_torchvision("LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "model",
                           "lraspp_mobilenet_v3_large", True, num_classes=21)
     for ref, backbone, default, opts in (

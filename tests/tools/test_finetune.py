@@ -40,12 +40,10 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_train_det_fine_tunes_from_coco_weights(cache: Path, tmp_path: Path, caplog) -> None:
-    from torchvision.models import MobileNet_V3_Large_Weights
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large as tv_ssdlite
 
-    _lay_out(cache, "torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1", torchvision.models.mobilenet_v3_large())
     torch.manual_seed(0)
-    tv = tv_ssdlite(weights=None, weights_backbone=MobileNet_V3_Large_Weights.IMAGENET1K_V1)
+    tv = tv_ssdlite(weights=None, weights_backbone=None)  # the COCO file's layout (reduced tail)
     x = torch.rand(2, 3, 320, 320) * 2 - 1
     calibrate_(tv, lambda m: m.head(list(m.backbone(x).values())))
     _lay_out(cache, "torchvision:SSDLite320_MobileNet_V3_Large_Weights.COCO_V1", tv)
@@ -63,10 +61,11 @@ def test_train_det_fine_tunes_from_coco_weights(cache: Path, tmp_path: Path, cap
         in caplog.text
     spec = RunSpec.load(out / "config.json")
     assert spec.recipe.weights == "coco" and spec.model.num_classes == 7
-    # Everything else came from the file: the backbone of epoch 0 equals the laid-out COCO backbone.
+    # Everything else came from the file: the trained stem is still the laid-out COCO one, moved a little.
     start = tv.state_dict()["backbone.features.0.0.0.weight"]
     trained = load_checkpoint(out / "checkpoints" / "last.pt")["model"]["backbone.features.0.0.weight"]
-    assert not torch.equal(start, trained) and (start - trained).abs().max() < 0.05 * start.abs().max()
+    cosine = torch.nn.functional.cosine_similarity(start.flatten(), trained.flatten(), dim=0)
+    assert not torch.equal(start, trained) and cosine > 0.9, cosine  # trained on from the file, not from scratch
 
 
 def test_train_seg_fine_tunes_from_coco_weights(cache: Path, tmp_path: Path, caplog) -> None:

@@ -89,22 +89,35 @@ def _cli_type(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
     raise TypeError(f"no command-line type for {annotation}")
 
 
+def _default_help(name: str, default: Any, presets: dict[str, dict[str, Any]] | None) -> str:
+    """``default: X`` and the value each preset that sets the field gives it."""
+    text = f"default {'none' if default is None else default}"
+    set_by = {p: v[name] for p, v in (presets or {}).items() if name in v}
+    if set_by:
+        text += "; " + ", ".join(f"preset {p}: {v}" for p, v in sorted(set_by.items()))
+    return text
+
+
 def add_spec_arguments(parser: argparse.ArgumentParser | Any, spec: type[BaseModel], *,
-                       skip: Iterable[str] = (), title: str | None = None) -> None:
-    """One ``--flag`` per scalar field of ``spec`` (default None: the preset decides), help from the field."""
+                       skip: Iterable[str] = (), title: str | None = None,
+                       presets: dict[str, dict[str, Any]] | None = None) -> None:
+    """One ``--flag`` per scalar field of ``spec`` (default None: the preset decides).
+
+    The help comes from the typed field: its description, choices, default, and the value of
+    every preset (``presets``: name -> the field values it sets) that sets it.
+    """
     group = parser.add_argument_group(title) if title else parser
     for name, field in spec.model_fields.items():
         if name in skip:
             continue
-        help_ = field.description or name.replace("_", " ")
-        default = field.default if field.default is not None else "none"
+        help_ = f"{field.description or name.replace('_', ' ')} ({_default_help(name, field.default, presets)})"
+        help_ = help_.replace("%", "%%")
         if field.annotation is bool:
             group.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{help_} (default: {default}; presets may differ)")
+                               help=help_)
             continue
         typ, choices = _cli_type(field.annotation)
-        group.add_argument(_flag(name), dest=name, type=typ, choices=choices, default=None,
-                           help=f"{help_} (default: {default}; presets may differ)")
+        group.add_argument(_flag(name), dest=name, type=typ, choices=choices, default=None, help=help_)
 
 
 def given(args: argparse.Namespace, spec: type[BaseModel], skip: Iterable[str] = ()) -> dict[str, Any]:
@@ -134,7 +147,15 @@ def output_folder(given: str | None, checkpoint: str | None, name: str, fallback
 
 
 def run_training(args: argparse.Namespace, spec: Any) -> int:
-    """``train det|seg``: train ``spec`` into ``--output-dir``, then say where the checkpoint is and how to evaluate it."""
+    """``train det|seg``: train ``spec`` into ``--output-dir``, then say where the checkpoint is and how to evaluate it.
+
+    With ``--print-config`` only print the resolved spec (nothing is written or trained).
+    """
+    if getattr(args, "print_config", False):
+        print(spec.model_dump_json(indent=2))
+        print("# num_classes, class_names and category_ids are read from the training set when the run starts; "
+              "data paths become absolute")
+        return 0
     from .engine import is_main_process
     from .engine.tasks import train
 

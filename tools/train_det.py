@@ -41,7 +41,8 @@ _DATA_FLAGS = ("train_images", "train_ann", "val_images", "val_ann", "synthetic_
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser, CocoDataSpec, skip=("format",),
-                       title="data (default: a synthetic COCO-format set of shapes)")
+                       title="data (default: a synthetic COCO-format set of shapes)",
+                       presets={name: p["data"] for name, p in PRESETS.items()})
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="ssdlite320_mobilenet_v3_large",
                        help="registered detector: ssdlite320_mobilenet_v3_large or ssdlite_<backbone> "
@@ -59,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--allow-change", nargs="+", default=[], metavar="FIELD",
                      help="spec fields a resumed run may change (e.g. epochs lr), refused otherwise")
     run.add_argument("--no-progress", action="store_true")
-    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the run spec the preset and flags resolve to, and exit")
+    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe",
+                       presets={name: p["recipe"] for name, p in PRESETS.items()})
 
 
 def build_spec(args: argparse.Namespace) -> Any:

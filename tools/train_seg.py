@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--allow-change", nargs="+", default=[], metavar="FIELD",
                      help="spec fields a resumed run may change (e.g. epochs lr), refused otherwise")
     run.add_argument("--no-progress", action="store_true")
-    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the run spec the preset and flags resolve to, and exit")
+    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe",
+                       presets={name: p["recipe"] for name, p in PRESETS.items()})
 
 
 def build_spec(args: argparse.Namespace) -> Any:

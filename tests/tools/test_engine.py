@@ -105,14 +105,14 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     class Stop(Exception):
         pass
 
-    original = first._train_step
+    original = first._accumulate
 
-    def step_then_maybe_stop(*a):
+    def step_then_maybe_stop(*a, **kw):
         if first.step == stop_at:
             raise Stop
-        return original(*a)
+        return original(*a, **kw)
 
-    first._train_step = step_then_maybe_stop
+    first._accumulate = step_then_maybe_stop
     with pytest.raises(Stop):
         first.fit()
     latest = CheckpointManager(tmp_path / "cut" / "checkpoints").latest()
@@ -208,3 +208,40 @@ def test_precision_actually_used_is_what_the_spec_records(tmp_path: Path) -> Non
     metrics = t.fit()
     assert t.autocast_dtype == torch.bfloat16 and math.isfinite(metrics["mse"])
     assert RunSpec.load(tmp_path / "bf16" / "config.json").recipe.precision == "bf16"
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path) -> None:
+    """4 x 2 accumulated batches = one batch of 8 (same samples, same LR per step): the same weights, up to
+    float rounding (no BN or dropout in this model), and a run resumed inside an epoch still matches."""
+    def linear() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Linear(8, 3)
+
+    big = trainer(tmp_path / "big", model=linear(), batch_size=8, epochs=2)
+    big.fit()
+    small = trainer(tmp_path / "acc", model=linear(), batch_size=4, accumulate_batches=2, epochs=2,
+                    ckpt_every_steps=2)
+    assert small.steps_per_epoch == big.steps_per_epoch == 5 and small.batches_per_epoch == 10
+    small.fit()
+    for (k, a), b in zip(big.model.state_dict().items(), small.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=k)
+    cut = trainer(tmp_path / "cut", model=linear(), batch_size=4, accumulate_batches=2, epochs=2, ckpt_every_steps=2,
+                  keep_checkpoints=10)
+    cut.fit()  # then resume from the mid-epoch checkpoint of step 8 (3 steps = 6 batches into epoch 2)
+    mid = [c for c in CheckpointManager(tmp_path / "cut" / "checkpoints").checkpoints() if c.name.endswith("08.pt")]
+    assert mid and load_checkpoint(mid[0])["batch_in_epoch"] == 6  # windows end on even batches only
+    again = trainer(tmp_path / "again", model=linear(), batch_size=4, accumulate_batches=2, epochs=2)
+    again.resume(mid[0])
+    again.fit()
+    for (k, a), b in zip(small.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_sync_bn_and_compile_are_refused_where_they_cannot_run(tmp_path: Path) -> None:
+    auto = cfg(sync_bn="auto")
+    assert auto.resolve(torch.device("cpu"), 2, "seg").sync_bn == "off"  # CPU: torch's SyncBatchNorm is GPU-only
+    assert auto.resolve(torch.device("cuda"), 2, "seg").sync_bn == "on"
+    assert auto.resolve(torch.device("cuda"), 2, "det").sync_bn == "off"
+    assert auto.resolve(torch.device("cuda"), 1, "seg").sync_bn == "off"
+    with pytest.raises(ValueError, match="compile is for CUDA training steps"):
+        trainer(tmp_path, compile=True)

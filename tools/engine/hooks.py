@@ -6,7 +6,8 @@ skipped or not), ``after_epoch`` (it may add entries to the epoch's ``metrics``)
 ``after_train``. The default set, in order: :class:`PeriodicCheckpoint` (mid-epoch and
 epoch-end saves, written *before* evaluation so an evaluation that fails loses no
 training), :class:`EvalHook`, :class:`BestCheckpoint` (``checkpoints/best.pt`` by the run's
-main metric) and :class:`MetricsLog` (``log.csv``, TensorBoard).
+main metric), :class:`MetricsLog` (``log.csv``, ``steps.csv``) and, with ``tensorboard``,
+:class:`TensorBoardLog`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import csv
 import logging
 import math
 import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -25,7 +28,8 @@ from .distributed import is_main_process
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["HookBase", "PeriodicCheckpoint", "EvalHook", "BestCheckpoint", "MetricsLog", "default_hooks"]
+__all__ = ["HookBase", "PeriodicCheckpoint", "EvalHook", "BestCheckpoint", "MetricsLog", "TensorBoardLog",
+           "default_hooks"]
 
 log = logging.getLogger("mobiledense.train")
 
@@ -54,7 +58,7 @@ class PeriodicCheckpoint(HookBase):
     def after_step(self, out: dict[str, float] | None) -> None:
         t = self.trainer
         every = t.cfg.ckpt_every_steps
-        if every and t.step % every == 0 and t.batch_in_epoch < t.steps_per_epoch:
+        if every and t.step % every == 0 and t.batch_in_epoch < t.batches_per_epoch:
             t.save()
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
@@ -80,6 +84,7 @@ class EvalHook(HookBase):
             log.info("eval after epoch %d: %s", t.epoch, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
         if t.world > 1:
             dist.barrier()
+        t.last_eval = {"epoch": t.epoch, **results}
         metrics.update(results)
 
 
@@ -108,42 +113,119 @@ class BestCheckpoint(HookBase):
 
 
 class MetricsLog(HookBase):
-    """One row per epoch in ``log.csv`` (rewritten atomically; rows of later epochs of a killed run are
-    dropped on resume) and, with ``tensorboard``, the same scalars in ``OUTPUT/tb``."""
+    """Per epoch one row of ``log.csv``; every ``log_every`` steps one row of ``steps.csv`` (the ``train/``
+    scalars of TensorBoard: losses, lr, images/s). Rows of steps a killed run did not keep are dropped on resume."""
+
+    def before_train(self) -> None:
+        t = self.trainer
+        self.images, self.tic = 0, time.perf_counter()
+        if is_main_process():
+            _rewrite_csv(t.output_dir / "steps.csv", lambda r: int(float(r["step"])) <= t.step, None)
+
+    def after_step(self, out: dict[str, float] | None) -> None:
+        t = self.trainer
+        self.images += t.cfg.batch_size * t.cfg.accumulate_batches * t.world
+        if out is None or t.step % t.cfg.log_every or not is_main_process():
+            return
+        now = time.perf_counter()
+        t.last_train = {"step": t.step, "epoch": t.epoch + 1, **out,
+                        "images_per_s": self.images / max(now - self.tic, 1e-9)}
+        self.images, self.tic = 0, now
+        path = t.output_dir / "steps.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:  # appended: the file grows by one line per log_every steps
+            writer = csv.DictWriter(f, fieldnames=list(t.last_train), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(t.last_train)
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
+        if is_main_process():
+            _rewrite_csv(self.trainer.output_dir / "log.csv", lambda r: int(float(r["epoch"])) < metrics["epoch"],
+                         metrics)
+
+
+def _rewrite_csv(path: Path, keep: Callable[[dict], bool] | None, row: dict[str, Any] | None) -> None:
+    """Rewrite ``path`` atomically with the old rows ``keep`` accepts (all if None) plus ``row``."""
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if keep is None or keep(r)]
+    if row is not None:
+        rows.append(row)
+    if not rows and not path.exists():
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class TensorBoardLog(HookBase):
+    """One event stream per run in ``OUTPUT/tb`` (a resumed run continues it, purging steps it did not keep):
+
+    * ``train/<loss>``, ``train/loss``, ``train/lr``, ``train/images_per_s`` every ``log_every`` steps;
+    * ``val/<metric>`` after each evaluation, x-axis in optimiser steps like the rest;
+    * ``val/predictions``: a few validation images with the model's predictions drawn (``preview_fn``);
+    * ``run/spec``: the run spec as text. The same fields are in ``steps.csv`` and ``log.csv``.
+    """
+
+    def __init__(self, preview_fn: Callable[[torch.nn.Module], list[Any]] | None = None) -> None:
+        self.preview_fn = preview_fn
+        self.writer: Any = None
+
+    def before_train(self) -> None:
         t = self.trainer
         if not is_main_process():
             return
-        path = t.output_dir / "log.csv"
-        rows: list[dict[str, Any]] = []
-        if path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["epoch"])) < metrics["epoch"]]
-        rows.append(metrics)
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        if t.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-            with SummaryWriter(str(t.output_dir / "tb")) as w:
-                for k, v in metrics.items():
-                    w.add_scalar(k, v, int(metrics["epoch"]))
+        self.writer = SummaryWriter(str(t.output_dir / "tb"), purge_step=t.step or None)
+        if t.spec is not None and not t.step:
+            self.writer.add_text("run/spec", "```json\n" + t.spec.model_dump_json(indent=2) + "\n```", 0)
+
+    def after_step(self, out: dict[str, float] | None) -> None:
+        t = self.trainer
+        last = getattr(t, "last_train", None)
+        if self.writer is None or not last or last["step"] != t.step:
+            return
+        for k, v in t.last_train.items():
+            if k not in ("step", "epoch"):
+                self.writer.add_scalar(f"train/{k}", v, t.step)
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        t = self.trainer
+        last = getattr(t, "last_eval", None)
+        if self.writer is None or not last or last["epoch"] != t.epoch:
+            return
+        for k, v in last.items():
+            if k != "epoch":
+                self.writer.add_scalar(f"val/{k}", v, t.step)
+        if self.preview_fn is not None:
+            model = t.eval_model().eval()
+            with torch.no_grad():
+                for i, image in enumerate(self.preview_fn(model)):
+                    self.writer.add_image(f"val/predictions/{i}", image, t.step, dataformats="HWC")
+        self.writer.flush()
+
+    def after_train(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def default_hooks(eval_fn: Callable[[torch.nn.Module, int], dict[str, float]] | None,
-                  main_metric: str | None) -> list[HookBase]:
-    """Checkpoints, then evaluation and the best checkpoint (when there is an ``eval_fn``), then the log."""
+                  main_metric: str | None, tensorboard: bool = False,
+                  preview_fn: Callable[[torch.nn.Module], list[Any]] | None = None) -> list[HookBase]:
+    """Checkpoints, then evaluation and the best checkpoint (when there is an ``eval_fn``), then the logs."""
     hooks: list[HookBase] = [PeriodicCheckpoint()]
     if eval_fn is not None:
         hooks.append(EvalHook(eval_fn))
         if main_metric:
             hooks.append(BestCheckpoint(main_metric))
-    return hooks + [MetricsLog()]
+    return hooks + [MetricsLog()] + ([TensorBoardLog(preview_fn)] if tensorboard else [])

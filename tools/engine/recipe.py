@@ -18,7 +18,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 #: them freely (the trajectory stays the same). Every other field is part of the run's identity.
 OPERATIONAL_FIELDS = frozenset({
     "workers", "eval_every", "ckpt_every_steps", "keep_checkpoints", "max_nonfinite", "max_bad_samples",
-    "max_bad_fraction",
+    "max_bad_fraction", "compile",
     "max_worker_restarts", "log_every", "tensorboard", "deterministic", "channels_last",
 })
 
@@ -45,6 +45,11 @@ class TrainConfig(Spec):
     ema: bool = Field(False, description="keep an exponential moving average of the weights (evaluated, saved)")
     ema_decay: float = Field(0.9998, gt=0, lt=1)
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    accumulate_batches: int = Field(1, ge=1, description="loader batches whose gradients make one optimiser step "
+                                                         "(effective batch: batch_size x this x processes)")
+    sync_bn: Literal["auto", "on", "off"] = Field("auto", description="SyncBatchNorm across DDP processes (CUDA): "
+                                                                      "auto = on for segmentation, off for detection")
+    compile: bool = Field(False, description="torch.compile the training step (CUDA)")
     #: Short runs want ~0.1: with MobileNetV3's 0.01 the running statistics lag far behind the weights.
     bn_momentum: float | None = Field(None, gt=0, le=1, description="override every BatchNorm's momentum")
     seg_loss: str = Field("ce", description="segmentation loss: ce, dice, focal, lovasz or sums like "
@@ -69,14 +74,17 @@ class TrainConfig(Spec):
     log_every: int = Field(20, gt=0, description="steps between progress-bar updates of the loss")
     tensorboard: bool = Field(False, description="also log to OUTPUT/tb (pip install tensorboard)")
 
-    def resolve(self, device: torch.device, world_size: int) -> "TrainConfig":
-        """The recipe as this run carries it out: the precision actually used and the world size."""
+    def resolve(self, device: torch.device, world_size: int, task: str | None = None) -> "TrainConfig":
+        """The recipe as this run carries it out: the precision actually used, the world size, SyncBatchNorm."""
         precision = self.precision
         if precision == "auto":
             precision = "fp16" if device.type == "cuda" else "fp32"
         elif precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs CUDA (on CPU use bf16, which needs no loss scaling, or fp32)")
-        return self.replace(precision=precision, world_size=world_size)
+        sync_bn = self.sync_bn
+        if sync_bn == "auto":  # MMSegmentation's recipes sync BN statistics across GPUs; detection does not
+            sync_bn = "on" if task == "seg" and world_size > 1 and device.type == "cuda" else "off"
+        return self.replace(precision=precision, world_size=world_size, sync_bn=sync_bn)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule."""

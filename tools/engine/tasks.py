@@ -119,6 +119,21 @@ class DetectionTask:
         stats = result.as_dict()
         return {"mAP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}, (result, detections)
 
+    def preview(self, model: nn.Module, dataset: Any, count: int = 4, score_thresh: float = 0.1) -> list[np.ndarray]:
+        """The first ``count`` evaluation images with the model's detections drawn (RGB uint8, for TensorBoard)."""
+        from mobiledense.tools.evaluation.overlays import draw_detections
+
+        device = next(model.parameters()).device
+        names = {i + 1: n for i, n in enumerate(self.spec.model.class_names)}
+        out = []
+        for i in range(min(count, len(dataset))):
+            image = (dataset[i][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            det = self.predict(model, image, device)
+            keep = det["scores"] >= score_thresh
+            bgr = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+            out.append(np.ascontiguousarray(bgr[..., ::-1]))
+        return out
+
     @staticmethod
     def predict(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
         """Detections of one uint8 RGB image: ``boxes`` (xyxy, image pixels), ``scores``, ``labels``."""
@@ -201,6 +216,21 @@ class SegmentationTask:
         m = evaluate_segmenter(model, dataset, device=device, workers=workers, progress=progress,
                                on_prediction=on_prediction)
         return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}, m
+
+    def preview(self, model: nn.Module, dataset: Any, count: int = 2, alpha: float = 0.5) -> list[np.ndarray]:
+        """The first ``count`` evaluation frames with the predicted classes blended over them (RGB uint8)."""
+        from mobiledense.datasets.cityscapes_labels import colorize_train_ids
+        from mobiledense.tools.evaluation.overlays import blend_segmentation
+
+        device = next(model.parameters()).device
+        out = []
+        for i in range(min(count, len(dataset))):
+            x = dataset[i][0]
+            with torch.inference_mode():
+                pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out.append(blend_segmentation(image, colorize_train_ids(pred), alpha))
+        return out
 
     def predict_size(self, h: int, w: int, scale: float | None = None) -> tuple[int, int]:
         """The input size an (h, w) image is segmented at: the run's eval resolution (base size x eval
@@ -362,9 +392,10 @@ def train(spec: RunSpec, output_dir: str | Path, *, resume: str | Path | None = 
                                    progress=progress, **extra)
         return metrics
 
+    preview = (lambda net: task.preview(net, val)) if val is not None and spec.recipe.tensorboard else None
     trainer = Trainer(model, train_set, task.collate, task.loss, spec.recipe, out,
                       eval_fn=eval_fn if val is not None else None, spec=spec, main_metric=task.metric,
-                      progress=progress, allow_changes=allow_changes)
+                      progress=progress, allow_changes=allow_changes, preview_fn=preview)
     trainer.resume(None if resume in (None, "none") else resume)
     if trainer.epoch >= trainer.cfg.epochs and is_main_process():
         log.info("already trained for %d epochs (see %s); nothing to do", trainer.cfg.epochs, out)

@@ -88,6 +88,8 @@ class Trainer:
         main_metric: the ``eval_fn`` result that picks ``checkpoints/best.pt`` (higher is better).
         allow_changes: spec fields a resumed run may change (``epochs``, ``recipe.lr`` ...).
         hooks: replaces :func:`~mobiledense.tools.engine.hooks.default_hooks`.
+        preview_fn: ``model -> [HxWx3 uint8 images]`` of predictions drawn on validation images,
+            logged to TensorBoard after each evaluation.
     """
 
     model: nn.Module
@@ -102,11 +104,12 @@ class Trainer:
     progress: bool = True
     allow_changes: Sequence[str] = ()
     hooks: list[HookBase] | None = None
+    preview_fn: Callable[[nn.Module], list[Any]] | None = None
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         self.rank, self.world, self.device = init_distributed()
-        self.cfg = self.cfg.resolve(self.device, self.world)
+        self.cfg = self.cfg.resolve(self.device, self.world, self.spec.task if self.spec is not None else None)
         if self.spec is not None:
             self.spec = self.spec.replace(recipe=self.cfg)
         if self.cfg.deterministic:
@@ -129,21 +132,30 @@ class Trainer:
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
                                      use_buffers=True)
-        self.net = self.model
+        if self.cfg.sync_bn == "on" and self.world > 1:
+            if self.device.type != "cuda":
+                raise ValueError("sync_bn on needs CUDA (torch's SyncBatchNorm runs on GPUs only); use sync_bn off")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # same state_dict keys
+        if self.cfg.compile and self.device.type != "cuda":
+            raise ValueError("compile is for CUDA training steps (on CPU torch.compile made the step slower: "
+                             "mobiledense bench --only train --compile); drop --compile")
+        self.net = torch.compile(self.model) if self.cfg.compile else self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.dataset = SeededDataset(self.train_set, self.cfg.seed)
         self.sampler = ResumableSampler(len(self.train_set), self.cfg.batch_size, seed=self.cfg.seed,
                                         rank=self.rank, world_size=self.world)
-        per_epoch = self.sampler.batches_per_epoch()
+        acc = self.cfg.accumulate_batches
+        per_epoch = self.sampler.batches_per_epoch() // acc  # optimiser steps
         if per_epoch == 0:
             raise ValueError(
-                f"batch_size {self.cfg.batch_size} x {self.world} process(es) exceeds the "
-                f"{len(self.train_set)} training samples: lower batch_size")
+                f"batch_size {self.cfg.batch_size} x {self.world} process(es) x accumulate_batches {acc} exceeds "
+                f"the {len(self.train_set)} training samples: lower batch_size or accumulate_batches")
         if self.cfg.max_steps_per_epoch:
             per_epoch = min(per_epoch, self.cfg.max_steps_per_epoch)
         self.steps_per_epoch = per_epoch
+        self.batches_per_epoch = per_epoch * acc  # loader batches: whole accumulation windows only
         self.total_steps = per_epoch * self.cfg.epochs
         self.ckpts = CheckpointManager(self.output_dir / "checkpoints", self.cfg.keep_checkpoints)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -153,7 +165,8 @@ class Trainer:
         if self.cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard (or drop the flag)")
         self.lock = RunLock(self.output_dir)
-        self.hooks = list(self.hooks if self.hooks is not None else default_hooks(self.eval_fn, self.main_metric))
+        self.hooks = list(self.hooks if self.hooks is not None else
+                          default_hooks(self.eval_fn, self.main_metric, self.cfg.tensorboard, self.preview_fn))
         for hook in self.hooks:
             hook.trainer = self
 
@@ -308,31 +321,46 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
 
-    def _train_step(self, inputs: Any, targets: Any) -> dict[str, float] | None:
+    def _accumulate(self, inputs: Any, targets: Any, window: dict[str, Any], last: bool) -> None:
+        """Forward and backward of one loader batch; its loss counts 1 / ``accumulate_batches`` of the step.
+
+        A non-finite loss (on any rank: all ranks decide together) marks the window and is not
+        back-propagated; the window's optimiser step is then skipped.
+        """
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.net.no_sync()
+            with sync:
+                losses = self.loss_fn(self.net, inputs, targets)
+                loss = sum(losses.values())
+                finite = torch.isfinite(loss.detach()).float()
+                if self.world > 1:
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks skip together
+                window["losses"].append({k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss)})
+                if finite.item() < 1:
+                    window["finite"] = False
+                elif window["finite"]:
+                    self.scaler.scale(loss / self.cfg.accumulate_batches).backward()
+
+    def _optimizer_step(self, window: dict[str, Any]) -> dict[str, float] | None:
+        """The window's step at the scheduled LR; None when it was skipped (a non-finite loss, no batch)."""
         lr = self.cfg.lr_at(self.step, self.total_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            losses = self.loss_fn(self.net, inputs, targets)
-        loss = sum(losses.values())
-        finite = torch.isfinite(loss.detach()).float()
-        if self.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks skip together
-        self.optimizer.zero_grad(set_to_none=True)
-        if finite.item() < 1:
+        if not window["losses"]:
+            return None
+        if not window["finite"]:
+            self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
             self.nonfinite_run += 1
             log.warning("non-finite loss at step %d (%s): step skipped (%d in a row, %d total)",
-                        self.step, {k: float(v.detach()) for k, v in losses.items()},
-                        self.nonfinite_run, self.nonfinite_total)
+                        self.step, window["losses"][-1], self.nonfinite_run, self.nonfinite_total)
             if self.nonfinite_run >= self.cfg.max_nonfinite:
                 raise FloatingPointError(
                     f"{self.nonfinite_run} non-finite losses in a row (step {self.step}): training "
                     "diverged. Lower the learning rate, enable clip_grad_norm, or check the data.")
             return None
         self.nonfinite_run = 0
-        self.scaler.scale(loss).backward()
         if self.cfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
@@ -340,8 +368,9 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out["loss"], out["lr"] = float(loss.detach()), lr
+        n = len(window["losses"])
+        out = {k: sum(d[k] for d in window["losses"]) / n for k in window["losses"][0]}
+        out["lr"] = lr
         return out
 
     def fit(self) -> dict[str, float]:
@@ -377,11 +406,13 @@ class Trainer:
         self.net.train()
         sums: dict[str, float] = {}
         count, t0, images, bad = 0, time.perf_counter(), 0, 0
-        total = self.steps_per_epoch - self.batch_in_epoch
+        acc = self.cfg.accumulate_batches
+        total = self.steps_per_epoch - self.batch_in_epoch // acc
         bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="it",
                    disable=not (self.progress and is_main_process()), dynamic_ncols=True, leave=False)
+        window: dict[str, Any] = {}
         for batch, skipped in self._batches():
-            if self.batch_in_epoch >= self.steps_per_epoch:
+            if self.batch_in_epoch >= self.batches_per_epoch:
                 break
             self.bad_samples += skipped
             bad += skipped
@@ -389,20 +420,27 @@ class Trainer:
                 raise TrainingAborted(
                     f"{self.bad_samples} training samples failed to load (limit max_bad_samples="
                     f"{self.cfg.max_bad_samples}); see the warnings above for files and errors")
+            micro = self.batch_in_epoch % acc
+            if micro == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                window = {"losses": [], "finite": True}
             if batch is not None:
                 inputs, targets = _to_device(batch, self.device, self.cfg.channels_last)
-                out = self._train_step(inputs, targets)
+                self._accumulate(inputs, targets, window, last=micro == acc - 1)
                 images += len(inputs)
-                if out is not None:
-                    count += 1
-                    for k, v in out.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
-            self.step += 1
             self.batch_in_epoch += 1
+            if micro < acc - 1:
+                continue
+            out = self._optimizer_step(window)
+            if out is not None:
+                count += 1
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+            self.step += 1
             bar.update()
             for hook in self.hooks:
-                hook.after_step(out if batch is not None else None)
+                hook.after_step(out)
         bar.close()
         self._check_bad_fraction(bad, images)
         elapsed = time.perf_counter() - t0

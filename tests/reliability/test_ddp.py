@@ -129,3 +129,23 @@ def test_train_seg_cli_with_two_processes(tmp_path: Path, env) -> None:
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert len(rows) == 2 and "mIoU" in rows[0]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthetic")]  # losers cleaned up
+
+
+@pytest.mark.slow
+def test_multi_node_rendezvous_endpoint(tmp_path: Path, env) -> None:
+    """The multi-node launch of the README (``--nnodes --rdzv-backend c10d --rdzv-endpoint``), here as
+    2 "nodes" of 1 process each on this machine, both joining one c10d rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "mobiledense-test",
+           str(HERE / "ddp_job.py"), str(tmp_path)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outputs = [n.communicate(timeout=240) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), [o[1][-2000:] for o in outputs]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["digest"] == ranks[1]["digest"]

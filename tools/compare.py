@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--threads", type=int, help="torch threads for training/evaluation (default: torch's)")
     run.add_argument("--workers", type=int, default=0,
                      help="DataLoader workers for training (0: main process; enough for the synthetic sets)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="cells trained at once, each in its own process (threads split between them, local "
+                          "GPUs handed out round-robin); default 1")
+    run.add_argument("--cell", nargs="+", metavar="KEY",
+                     help="run only these cells (e.g. det__ssdlite__mobilenet_v2): one job per cell on a cluster")
+    run.add_argument("--list-cells", action="store_true", help="print the cell keys of the matrix and exit")
     run.add_argument("--retry-failed", action="store_true", help="run cells stored as failed again")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each cell's checkpoints when done")
     run.add_argument("--report-only", action="store_true", help="rewrite the report from stored cells")
@@ -86,30 +92,38 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         lock_file = out / "compare.json"
         if not lock_file.is_file():
-            raise SystemExit(f"error: {lock_file} not found: --report-only needs a folder a comparison wrote")
+            raise FileNotFoundError(f"{lock_file} not found: --report-only needs a folder a comparison wrote")
         cmp.write_report(cmp.ResultStore(out / "cells").all(), out, json.loads(lock_file.read_text()))
         print((out / "results.md").read_text())
         return 0
-    try:
-        cells = cmp.make_cells(args.tasks, args.backbones, args.seg_heads)
-        recipe = cmp.Recipe(
-            epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
-            det_lr=args.det_lr, seg_lr=args.seg_lr, det_size=args.size, seg_size=tuple(args.seg_size),
-            frozen_backbone=args.frozen_backbone, weights_backbone=_path(args.weights_backbone), seed=args.seed)
-        recipe.train_config("det")  # validates the numbers, naming the bad field
-        data = cmp.DataSpec(
-            det_train_images=_path(args.det_train_images), det_train_ann=_path(args.det_train_ann),
-            det_val_images=_path(args.det_val_images), det_val_ann=_path(args.det_val_ann),
-            seg_root=_path(args.seg_root), seg_train_split=args.seg_train_split, seg_val_split=args.seg_val_split,
-            synthetic_images=args.synthetic_images, synthetic_frames=args.synthetic_frames)
-        measurement = cmp.Measurement(args.latency_runs, args.latency_warmup, args.latency_threads)
-        cmp.lock_recipe(out, recipe, data)  # a folder holds one recipe: refuse mixing before any work
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cells = cmp.make_cells(args.tasks, args.backbones, args.seg_heads)
+    if args.list_cells:
+        print("\n".join(c.key for c in cells))
+        return 0
+    if args.cell:
+        keys = {c.key: c for c in cells}
+        unknown = [k for k in args.cell if k not in keys]
+        if unknown:
+            raise ValueError(f"--cell {' '.join(unknown)}: not in the matrix; its cells: {', '.join(keys)}")
+        cells = [keys[k] for k in args.cell]
+    recipe = cmp.Recipe(
+        epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
+        det_lr=args.det_lr, seg_lr=args.seg_lr, det_size=args.size, seg_size=tuple(args.seg_size),
+        frozen_backbone=args.frozen_backbone, weights_backbone=_path(args.weights_backbone), seed=args.seed)
+    recipe.train_config("det")  # validates the numbers, naming the bad field
+    data = cmp.DataSpec(
+        det_train_images=_path(args.det_train_images), det_train_ann=_path(args.det_train_ann),
+        det_val_images=_path(args.det_val_images), det_val_ann=_path(args.det_val_ann),
+        seg_root=_path(args.seg_root), seg_train_split=args.seg_train_split, seg_val_split=args.seg_val_split,
+        synthetic_images=args.synthetic_images, synthetic_frames=args.synthetic_frames)
+    measurement = cmp.Measurement(args.latency_runs, args.latency_warmup, args.latency_threads)
+    cmp.lock_recipe(out, recipe, data)  # a folder holds one recipe: refuse mixing before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     log.info("%d cells -> %s", len(cells), out)
-    summary = cmp.run_comparison(cells, recipe, data, out, measurement, workers=args.workers,
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    summary = cmp.run_comparison(cells, recipe, data, out, measurement, workers=args.workers, jobs=args.jobs,
                                  retry_failed=args.retry_failed, keep_checkpoints=args.keep_checkpoints,
                                  progress=not args.no_progress)
     print((out / "results.md").read_text())

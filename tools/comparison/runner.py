@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shutil
 import statistics
@@ -326,17 +327,58 @@ def lock_recipe(out_dir: Path, recipe: Recipe, data: DataSpec) -> dict[str, Any]
     return lock
 
 
+def _cell_job(cell: Cell, recipe: Recipe, data: DataSpec, out_dir: Path, measurement: Measurement,
+              options: dict[str, Any], threads: int, device: str | None) -> dict[str, list[str]]:
+    """One cell in a worker process of :func:`run_comparison` (``jobs`` > 1)."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{cell.key}] %(message)s", datefmt="%H:%M:%S")
+    return run_comparison([cell], recipe, data, out_dir, measurement, report=False, **options)
+
+
+def _in_parallel(cells: list[Cell], recipe: Recipe, data: DataSpec, out_dir: Path, measurement: Measurement,
+                 jobs: int, options: dict[str, Any]) -> dict[str, list[str]]:
+    """Cells in ``jobs`` worker processes (``concurrent.futures``, spawned: no CUDA state is forked), the CPU
+    threads split between them and the local GPUs handed out round-robin. Each cell stores its own result."""
+    import concurrent.futures
+    import multiprocessing
+
+    gpus = torch.cuda.device_count()
+    threads = max(1, torch.get_num_threads() // jobs)
+    summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_cell_job, cell, recipe, data, out_dir, measurement, options, threads,
+                               str(i % gpus) if gpus else None) for i, cell in enumerate(cells)]
+        for future in concurrent.futures.as_completed(futures):
+            for k, v in future.result().items():
+                summary[k] += v
+    return summary
+
+
 def run_comparison(cells: Iterable[Cell], recipe: Recipe, data: DataSpec, out_dir: str | Path,
                    measurement: Measurement = Measurement(), *, workers: int = 0, retry_failed: bool = False,
-                   keep_checkpoints: bool = False, progress: bool = False) -> dict[str, list[str]]:
+                   keep_checkpoints: bool = False, progress: bool = False, jobs: int = 1,
+                   report: bool = True) -> dict[str, list[str]]:
     """Run every cell not already stored, then write the report; returns the keys ran/skipped/failed.
 
     A cell that raises (e.g. a head that needs a stride the backbone lacks) is stored as
-    ``status: failed`` with its error and not retried unless ``retry_failed``.
+    ``status: failed`` with its error and not retried unless ``retry_failed``. ``jobs`` > 1 runs
+    the cells in that many worker processes at once (:func:`_in_parallel`); on a cluster, run one
+    cell per job instead (``mobiledense compare ... --cell KEY``, resumable) and ``--report-only``
+    at the end.
     """
     out_dir, cells = Path(out_dir), list(cells)
     lock = lock_recipe(out_dir, recipe, data)
     store = ResultStore(out_dir / "cells")
+    if jobs > 1:
+        pending = [c for c in cells if not ((done := store.get(c)) and (done["status"] == "ok" or not retry_failed))]
+        options = dict(workers=workers, retry_failed=retry_failed, keep_checkpoints=keep_checkpoints)
+        summary = _in_parallel(pending, recipe, data, out_dir, measurement, min(jobs, max(len(pending), 1)), options)
+        summary["skipped"] += [c.key for c in cells if c not in pending]
+        if report:
+            write_report(store.all(), out_dir, lock)
+        return summary
     summary: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     loaded: dict[str, TaskData] = {}
     for i, cell in enumerate(cells, 1):
@@ -364,7 +406,8 @@ def run_comparison(cells: Iterable[Cell], recipe: Recipe, data: DataSpec, out_di
             if not keep_checkpoints:
                 shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         store.put(cell, result)
-    write_report(store.all(), out_dir, lock)
+    if report:
+        write_report(store.all(), out_dir, lock)
     return summary
 
 

@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "--model)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output-dir", help="default: eval/ beside the checkpoint's run (runs/det/eval)")
+    parser.add_argument("--overlays", type=int, default=8, metavar="N",
+                        help="draw the first N images, ground truth beside detections, to OUTPUT/overlays/ "
+                             "(default 8; 0: none)")
+    parser.add_argument("--overlay-score", type=float, default=0.3,
+                        help="detections drawn in the overlays score at least this (default 0.3)")
     parser.add_argument("--no-progress", action="store_true")
     add_inference_arguments(parser)
 
@@ -67,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from .engine.tasks import DetectionTask, match_categories
     from .evaluation import evaluate_detector
     from .evaluation.coco import write_coco_results
+    from .evaluation.overlays import detection_panels
     from .evaluation.reports import plot_per_class_bars, plot_pr_curves
+    from mobiledense.datasets.io import write_image
 
     out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/det/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -92,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     batch_size = args.batch_size if args.batch_size is not None else (spec.recipe.batch_size if spec else 8)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if args.overlays < 0 or not 0 <= args.overlay_score <= 1:
+        raise ValueError(f"--overlays must be >= 0 (got {args.overlays}) and --overlay-score in [0, 1] "
+                         f"(got {args.overlay_score})")
     result, detections = evaluate_detector(
         inference_model(model, device, args.eager), dataset, batch_size=batch_size, workers=args.workers,
         device=device, progress=not args.no_progress, label_to_category_id=mapping, backend=args.backend)
@@ -106,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.warning("%s has no ground-truth boxes: COCO metrics are undefined and no plots are drawn",
                     dataset.ann_file)
+    drawn = 0
+    if args.overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+        for path, panel in detection_panels(dataset, detections, args.overlays, args.overlay_score):
+            write_image(out / "overlays" / f"{path.stem}.png", panel)
+            drawn += 1
     print(result.summary(per_class=True))
     print(f"\nwrote {out}/results.json, metrics.json" + (", pr_curves.png, per_class_ap.png" if named else "")
+          + (f", {drawn} overlays/ (ground truth | detections >= {args.overlay_score:g})" if drawn else "")
           + f" ({result.backend}, {result.seconds:.2f} s)")
     return 0

@@ -127,6 +127,57 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     assert len(CheckpointManager(tmp_path / "cut" / "checkpoints").checkpoints()) == 2  # keep=2
 
 
+def test_ema_averages_every_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """EMA: ema = d * ema + (1 - d) * weights after every optimiser step (the first step copies),
+    buffers included; saved as ``model_ema``; a resumed run continues the average bit for bit."""
+    from mobiledense.tools.engine.hooks import HookBase
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Record(HookBase):
+        def after_step(self, out) -> None:  # noqa: ANN001
+            seen.append({k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()})
+
+    d = 0.6
+    ref = trainer(tmp_path / "ref", epochs=2, ema=True, ema_decay=d)
+    ref.hooks.append(Record())
+    ref.hooks[-1].trainer = ref
+    ref.fit()
+    assert len(seen) == ref.step == 20
+    expected = dict(seen[0])
+    for weights in seen[1:]:
+        expected = {k: d * expected[k] + (1 - d) * w for k, w in weights.items()}
+    ema = ref.ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(ema[k], v, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ema["0.weight"], ref.model.state_dict()["0.weight"])  # an average, not the weights
+    saved = load_checkpoint(CheckpointManager(tmp_path / "ref" / "checkpoints").latest())
+    for k, v in saved["model_ema"].items():
+        assert torch.equal(v, ema[k]), k
+    assert saved["ema_updates"] == 20
+
+    cut = trainer(tmp_path / "cut", epochs=2, ema=True, ema_decay=d)
+
+    class Stop(Exception):
+        pass
+
+    original = cut._accumulate
+
+    def stop_after_epoch_one(*a, **kw):
+        if cut.step == 10:
+            raise Stop
+        return original(*a, **kw)
+
+    cut._accumulate = stop_after_epoch_one
+    with pytest.raises(Stop):
+        cut.fit()
+    resumed = trainer(tmp_path / "cut", epochs=2, ema=True, ema_decay=d)
+    assert resumed.resume("auto") and resumed.step == 10
+    resumed.fit()
+    for k, v in resumed.ema.module.state_dict().items():
+        assert torch.equal(v, ema[k]), k  # continued the average (a fresh count would copy the weights)
+
+
 def test_nonfinite_losses_are_skipped_then_abort(tmp_path: Path) -> None:
     calls = {"n": 0}
 

@@ -76,6 +76,33 @@ def test_eval_det_fast_path_gives_the_same_metrics(data, det_checkpoint, tmp_pat
     assert np.allclose(list(stats[0].values()), list(stats[1].values()), atol=1e-6), stats
 
 
+def test_eval_det_draws_the_ground_truth_beside_the_detections(data, det_checkpoint, tmp_path: Path) -> None:
+    from mobiledense.tools.evaluation.overlays import _colour
+
+    images, ann = data["val"]
+    out = tmp_path / "eval"
+    assert main(["eval", "det", "--checkpoint", str(det_checkpoint), "--device", "cpu", "--no-progress",
+                 "--overlays", "3", "--overlay-score", "0.05", "--output-dir", str(out)]) == 0
+    dataset = CocoDetection(images, ann)
+    pngs = sorted((out / "overlays").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(dataset.image_path(i).stem for i in range(3))
+    for i in range(3):
+        panel = cv2.imread(str(out / "overlays" / f"{dataset.image_path(i).stem}.png"))
+        h, w = dataset.load_image(i).shape[:2]
+        f = 480 / max(h, w)  # thumbnails are drawn enlarged to 480 px
+        h, w = round(h * f), round(w * f)
+        gap = panel.shape[1] - 2 * w
+        assert 4 <= gap <= 16 and panel.shape[0] > h  # [ground truth | gap | detections] under title bars
+        left = panel[panel.shape[0] - h:, :w]
+        target = dataset.raw_target(i)
+        assert len(target["labels"]) > 0
+        for (x1, y1, x2, y2), label in zip((target["boxes"] * f).round().astype(int), target["labels"]):
+            side = left[min(max(y1, 0), h - 1) + 1: min(y2, h), min(max(x1, 0), w - 1)]  # the box's left side
+            assert (side == _colour(int(label))).all(-1).mean() > 0.5  # mostly its line (a tag may cover some)
+    with pytest.raises(SystemExit):  # argparse: --overlays is an int
+        main(["eval", "det", "--checkpoint", str(det_checkpoint), "--overlays", "x"])
+
+
 def test_inference_model_is_optimised_on_cpu_only_without_eager() -> None:
     model = create_segmenter("mobilenet_v3_small", 5, pool="global")
     fast = inference_model(model, torch.device("cpu"))
@@ -105,3 +132,30 @@ def test_predict_seg_fast_path_equals_eager(tmp_path: Path) -> None:
     for a, b in zip(maps["fast"], maps["eager"]):
         la, lb = cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED)
         assert la.shape == (96, 192) and (la == lb).mean() > 0.999  # argmax of equal logits (float rounding)
+
+
+def test_predict_seg_writes_colour_and_overlay_pngs_with_a_legend(tmp_path: Path) -> None:
+    from mobiledense.datasets.cityscapes_labels import TRAIN_ID_COLORS, colorize_train_ids, label_ids_to_train_ids
+
+    torch.manual_seed(0)
+    model = create_segmenter("mobilenet_v3_small", 19, pool="global")
+    calibrate_(model, lambda m: m(torch.rand(2, 3, 128, 160)))
+    ckpt = save_model_checkpoint(model, CityscapesDataSpec(root=str(tmp_path), crop=(96, 192)), tmp_path / "last.pt")
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "f.png"), np.random.default_rng(0).integers(0, 256, (96, 192, 3), np.uint8))
+    for name, flag in (("legend", []), ("plain", ["--no-legend", "--no-outline"])):
+        assert main(["predict", "seg", str(tmp_path / "in"), "--checkpoint", str(ckpt), "--device", "cpu",
+                     "--output-dir", str(tmp_path / name), *flag]) == 0
+    train_ids = label_ids_to_train_ids(cv2.imread(str(tmp_path / "legend" / "f_labelIds.png"), cv2.IMREAD_UNCHANGED))
+    colour = cv2.imread(str(tmp_path / "legend" / "f_color.png"))[..., ::-1]
+    overlay = cv2.imread(str(tmp_path / "legend" / "f_overlay.png"))[..., ::-1]
+    assert colour.shape[0] > 96 and colour.shape[1] == 192 and overlay.shape == colour.shape
+    np.testing.assert_array_equal(colour[:96], colorize_train_ids(train_ids))
+    strip = colour[96:]
+    for cls in range(19):
+        n = int((strip == TRAIN_ID_COLORS[cls]).all(-1).sum())
+        assert (n > 30) if (train_ids == cls).any() else (n < 10), cls  # a swatch per class predicted
+    assert (overlay[:96] == 255).all(-1).sum() > 0  # region outlines
+    plain = cv2.imread(str(tmp_path / "plain" / "f_color.png"))[..., ::-1]
+    np.testing.assert_array_equal(plain, colorize_train_ids(train_ids))  # --no-legend: the image's own size
+    assert cv2.imread(str(tmp_path / "plain" / "f_overlay.png")).shape == (96, 192, 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mobiledense.datasets import make_synthetic_coco
+from mobiledense.datasets import CocoDetection, make_synthetic_coco
 from mobiledense.tools.cli import main
 
 pytest.importorskip("tensorboard")
@@ -35,7 +35,10 @@ def test_train_writes_one_event_file_with_step_scalars_images_and_the_spec(tmp_p
     assert steps == [2, 4, 6, 8]  # the x-axis is the optimiser step, every --log-every steps
     assert [e.step for e in acc.Scalars("val/mAP")] == [4, 8]
     image = acc.Images("val/predictions/0")
-    assert len(image) == 2 and image[0].width > 0 and image[0].height > 0  # one per evaluation
+    assert len(image) == 2  # one per evaluation
+    first = CocoDetection(val_images, val_ann).load_image(0)
+    f = 480 / max(first.shape[:2])  # thumbnails are drawn enlarged to 480 px
+    assert image[0].width > 2 * f * first.shape[1] and image[0].height > f * first.shape[0]  # ground truth | preds
     assert "run/spec/text_summary" in tags["tensors"]
     with (out / "steps.csv").open() as f:
         rows = list(csv.DictReader(f))

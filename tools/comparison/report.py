@@ -9,7 +9,8 @@ from typing import Any, Iterable, Sequence
 
 from .cells import DET_HEAD, METRIC, TASKS
 
-__all__ = ["CSV_COLUMNS", "result_rows", "pareto_front", "markdown_report", "plot_tradeoff", "write_report"]
+__all__ = ["CSV_COLUMNS", "result_rows", "pareto_front", "markdown_report", "accuracy_limits", "tradeoff_figure",
+           "plot_tradeoff", "write_report"]
 
 
 CSV_COLUMNS = [
@@ -129,9 +130,31 @@ def markdown_report(rows: Sequence[dict[str, Any]], lock: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, path: str | Path, title: str) -> Path:
-    """Accuracy (%) vs a cost, one marker per head, every point labelled, the Pareto front as a step line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+#: The least span of a trade-off plot's accuracy axis, in points: a 0.3-point gap never fills the plot.
+MIN_ACCURACY_SPAN = 10.0
+
+
+def accuracy_limits(ys: Sequence[float], min_span: float = MIN_ACCURACY_SPAN) -> tuple[float, float]:
+    """The y range of a trade-off plot: the values with a 5% margin, widened to at least ``min_span``
+    points around their middle and kept inside [0, 100]."""
+    lo, hi = min(ys), max(ys)
+    span = max(hi - lo, min_span) * 1.1
+    mid = (lo + hi) / 2
+    a, b = mid - span / 2, mid + span / 2
+    if a < 0:
+        a, b = 0.0, span
+    if b > 100:
+        a, b = max(0.0, 100 - span), 100.0
+    return a, b
+
+
+def tradeoff_figure(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, title: str) -> Any:
+    """Accuracy (%) vs a cost, one marker per head, every point labelled, the Pareto front as a step line.
+
+    Axes are honest about scale: the accuracy axis spans at least :data:`MIN_ACCURACY_SPAN`
+    points and a linear cost axis starts at 0, so small differences look small; the range the
+    cells actually cover is written under the title.
+    """
     from matplotlib.figure import Figure
 
     ok = [r for r in rows if r["status"] == "ok" and r.get(x_key) is not None]
@@ -153,16 +176,30 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, path
     log_x = min(xs) > 0 and max(xs) / min(xs) > 20
     if log_x:
         ax.set_xscale("log")
-    lo, hi = (math.log(v) if log_x else v for v in (min(xs), max(xs)))
+        ax.margins(x=0.08)
+    else:
+        ax.set_xlim(0, max(xs) * 1.12 if max(xs) > 0 else 1)
+    ax.set_ylim(*accuracy_limits(ys))
+    lo, hi = (math.log(v) if log_x else v for v in ax.get_xlim())
     for x, y, r in zip(xs, ys, ok):  # labels of the rightmost quarter go left of their point
         right = hi > lo and ((math.log(x) if log_x else x) - lo) / (hi - lo) > 0.75
         ax.annotate(r["backbone"], (x, y), textcoords="offset points", xytext=(-5 if right else 5, 3),
                     ha="right" if right else "left", fontsize=7)
-    ax.margins(x=0.08, y=0.08)
-    ax.set(xlabel=x_label, ylabel=f"{ok[0]['metric']} (%)", title=title)
+    metric = ok[0]["metric"]
+    ax.set(xlabel=x_label, ylabel=f"{metric} (%)")
+    ax.set_title(f"{title}\n{metric} of the cells: {min(ys):.1f} to {max(ys):.1f} ({max(ys) - min(ys):.1f} points; "
+                 f"the axis spans at least {MIN_ACCURACY_SPAN:g})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, path: str | Path, title: str) -> Path:
+    """:func:`tradeoff_figure` saved as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = tradeoff_figure(rows, x_key, x_label, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)

@@ -119,18 +119,27 @@ class DetectionTask:
         stats = result.as_dict()
         return {"mAP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}, (result, detections)
 
-    def preview(self, model: nn.Module, dataset: Any, count: int = 4, score_thresh: float = 0.1) -> list[np.ndarray]:
-        """The first ``count`` evaluation images with the model's detections drawn (RGB uint8, for TensorBoard)."""
+    def preview(self, model: nn.Module, dataset: Any, count: int = 4, score_thresh: float = 0.3) -> list[np.ndarray]:
+        """The first ``count`` evaluation images, ground truth beside the model's detections (RGB uint8,
+        for TensorBoard; as ``eval det`` writes its overlays)."""
         from mobiledense.tools.evaluation.overlays import draw_detections
 
         device = next(model.parameters()).device
         names = {i + 1: n for i, n in enumerate(self.spec.model.class_names)}
+        to_model = {c: lab for lab, c in self.spec.model.label_to_category_id().items()}
         out = []
         for i in range(min(count, len(dataset))):
-            image = (dataset[i][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            image, target = dataset.load_image(i), dataset.raw_target(i)
             det = self.predict(model, image, device)
             keep = det["scores"] >= score_thresh
-            bgr = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+            gt_labels = []
+            for lab in target["labels"].tolist():  # the val set's labels -> the model's, by category id
+                cat = dataset.label_to_category_id.get(lab, lab)
+                gt_labels.append(to_model.get(cat, 10_000 + cat))
+                names.setdefault(gt_labels[-1], dataset.category_names.get(lab, str(cat)))
+            bgr = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names,
+                                  ground_truth=(target["boxes"], np.array(gt_labels, dtype=np.int64)),
+                                  score_thresh=score_thresh, min_size=480)
             out.append(np.ascontiguousarray(bgr[..., ::-1]))
         return out
 
@@ -218,9 +227,9 @@ class SegmentationTask:
         return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}, m
 
     def preview(self, model: nn.Module, dataset: Any, count: int = 2, alpha: float = 0.5) -> list[np.ndarray]:
-        """The first ``count`` evaluation frames with the predicted classes blended over them (RGB uint8)."""
-        from mobiledense.datasets.cityscapes_labels import colorize_train_ids
-        from mobiledense.tools.evaluation.overlays import blend_segmentation
+        """The first ``count`` evaluation frames with the predicted classes blended over them, outlined,
+        and a legend strip below (RGB uint8, as ``predict seg`` writes its overlays)."""
+        from mobiledense.tools.evaluation.overlays import segmentation_overlay
 
         device = next(model.parameters()).device
         out = []
@@ -229,7 +238,7 @@ class SegmentationTask:
             with torch.inference_mode():
                 pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
             image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            out.append(blend_segmentation(image, colorize_train_ids(pred), alpha))
+            out.append(segmentation_overlay(image, pred, alpha, self.spec.model.class_names or None))
         return out
 
     def predict_size(self, h: int, w: int, scale: float | None = None) -> tuple[int, int]:

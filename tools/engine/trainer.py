@@ -213,6 +213,7 @@ class Trainer:
             state["spec"] = self.spec.to_dict()
         if self.ema is not None:
             state["model_ema"] = self.ema.module.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)  # 0 would make the next update copy, not average
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -241,6 +242,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "model_ema" in state:
             self.ema.module.load_state_dict(state["model_ema"])
+            self.ema.n_averaged.fill_(int(state.get("ema_updates", max(int(state["step"]), 1))))
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         torch.set_rng_state(state["torch_rng"])
@@ -336,7 +338,8 @@ class Trainer:
                 finite = torch.isfinite(loss.detach()).float()
                 if self.world > 1:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks skip together
-                window["losses"].append({k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss)})
+                window["losses"].append({k: float(v.detach()) for k, v in losses.items()}
+                                        | {"loss": float(loss.detach())})
                 if finite.item() < 1:
                     window["finite"] = False
                 elif window["finite"]:

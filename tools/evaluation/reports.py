@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from .coco import CocoEvalResult
 
-__all__ = ["pr_curves", "plot_pr_curves", "plot_per_class_bars", "plot_confusion_matrix"]
+__all__ = ["pr_curves", "plot_pr_curves", "plot_per_class_bars", "confusion_figure", "plot_confusion_matrix"]
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -81,32 +81,79 @@ def plot_per_class_bars(names: Sequence[str], values: Sequence[float], path: str
     return _save(fig, path)
 
 
-def plot_confusion_matrix(conf: np.ndarray, names: Sequence[str], path: str | Path, normalize: bool = True) -> Path:
-    """Confusion matrix heat map, rows = ground truth; a (K, K + 1) matrix shows its void column.
+def _compact(v: float) -> str:
+    """A count in at most 4 characters: 987, 12k, 3.4M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            q = v / div
+            return f"{q:.1f}{unit}" if q < 10 else f"{q:.0f}{unit}"
+    return f"{int(v)}"
 
-    With ``normalize`` each row is divided by its sum (per-class recall on the diagonal).
+
+#: The fill of rows whose class has no ground truth (a neutral grey no colour map cell takes).
+NO_GT_GREY = "#d9d9d9"
+
+
+def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = True) -> Figure:
+    """The confusion matrix as a matplotlib ``Figure`` (what :func:`plot_confusion_matrix` saves).
+
+    Rows are ground truth, columns predictions. Cells are at least 0.42 in (50 px at the saved
+    120 dpi) and carry their value in 7 pt type: percent of the row when ``normalize``, else a
+    compact count (12k, 3.4M). Rows of classes with no ground-truth pixels are grey, hatched and
+    say so (they are not 0-recall rows). A (K, K + 1) matrix shows its last column as "void":
+    predictions outside the K classes, which count as errors of the row's class (as in
+    cityscapesScripts); a caption under the plot says this.
     """
     m = np.asarray(conf.cpu() if hasattr(conf, "cpu") else conf, dtype=np.float64)
     k = len(names)
     if m.shape not in ((k, k), (k, k + 1)):
         raise ValueError(f"confusion shape {m.shape} does not fit {k} names (expected ({k}, {k}) or ({k}, {k + 1}))")
-    cols = list(names) + (["void"] if m.shape[1] == k + 1 else [])
-    if normalize:
-        rows = m.sum(1, keepdims=True)
-        m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    size = 2.5 + 0.4 * len(cols)
-    fig = Figure(figsize=(size + 1.0, size))
+    has_void = m.shape[1] == k + 1
+    cols = list(names) + (["void"] if has_void else [])
+    rows = m.sum(1)
+    no_gt = rows == 0
+    shown = np.divide(m, rows[:, None], out=np.zeros_like(m), where=rows[:, None] > 0) if normalize else m
+    cell = 0.42
+    fig = Figure(figsize=(2.6 + cell * len(cols) + 1.2, 2.4 + cell * k + (0.5 if has_void else 0.0)))
     ax = fig.add_subplot()
-    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1 if normalize else None, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(cols)), yticks=range(k), xlabel="prediction", ylabel="ground truth",
-           title="confusion matrix" + (" (row-normalised)" if normalize else ""))
-    ax.set_xticklabels(cols, rotation=90, fontsize=8)
-    ax.set_yticklabels(list(names), fontsize=8)
-    if len(cols) <= 25:
-        for (i, j), v in np.ndenumerate(m):
-            if v > 0:
-                ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=5,
-                        color="white" if v < 0.5 * (m.max() or 1) else "black")
-    fig.tight_layout()
-    return _save(fig, path)
+    masked = np.ma.masked_array(shown, mask=np.repeat(no_gt[:, None], len(cols), 1))
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    cmap = colormaps["viridis"].with_extremes(bad=NO_GT_GREY)
+    vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
+    im = ax.imshow(masked, cmap=cmap, vmin=0, vmax=vmax, aspect="equal", interpolation="nearest")
+    cb = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
+    cb.set_label("share of the row's ground-truth pixels (%)" if normalize else "pixels")
+    if normalize:
+        cb.set_ticks(np.linspace(0, 1, 6), labels=[f"{t:.0f}" for t in np.linspace(0, 100, 6)])
+    ax.set_xticks(range(len(cols)), labels=cols, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), labels=[n + ("  (no GT)" if z else "") for n, z in zip(names, no_gt)], fontsize=8)
+    ax.set_xlabel("prediction", fontsize=9)
+    ax.set_ylabel("ground truth", fontsize=9)
+    ax.set_title("confusion matrix" + (" (% of each ground-truth row)" if normalize else " (pixels)"), fontsize=10)
+    ax.tick_params(length=2)
+    for i in np.flatnonzero(no_gt):
+        ax.add_patch(Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, hatch="//", edgecolor="#9a9a9a",
+                               linewidth=0))
+        ax.text((len(cols) - 1) / 2, i, "no ground-truth pixels of this class", ha="center", va="center",
+                fontsize=7, color="#333333", bbox={"facecolor": NO_GT_GREY, "edgecolor": "none", "pad": 1.5})
+    if has_void:
+        ax.axvline(k - 0.5, color="white", linewidth=2.0)
+        fig.text(0.01, 0.01, f"void: predictions outside the {k} classes (ignore / unknown ids); they count as "
+                 "errors of the row's class, as in cityscapesScripts", fontsize=8, ha="left", va="bottom",
+                 color="#333333")
+    for (i, j), v in np.ndenumerate(shown):
+        if no_gt[i] or m[i, j] == 0:
+            continue
+        pct = 100 * v
+        text = (f"{pct:.0f}" if pct >= 1 else "<1") if normalize else _compact(v)
+        ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                color="white" if v < 0.6 * vmax else "black")
+    fig.tight_layout(rect=(0, 0.03 if has_void else 0, 1, 1))
+    return fig
+
+
+def plot_confusion_matrix(conf: np.ndarray, names: Sequence[str], path: str | Path, normalize: bool = True) -> Path:
+    """Confusion matrix heat map as a PNG (see :func:`confusion_figure`)."""
+    return _save(confusion_figure(conf, names, normalize), path, dpi=120)

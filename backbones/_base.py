@@ -387,12 +387,13 @@ def load_file_safely(path: str | Path, what: str = "weights file", map_location:
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Load a local weights file safely (:func:`load_file_safely`).
 
-    Accepts a bare state_dict or a training checkpoint with a ``model`` /
-    ``state_dict`` entry. Refuses pickled code with a clear error.
+    Accepts a bare state_dict or a training checkpoint: its ``model_ema`` entry when it kept an
+    EMA (the weights its evaluations and ``eval`` report, as torchvision's reference publishes
+    the EMA), else ``model`` / ``state_dict``. Refuses pickled code with a clear error.
     """
     obj = load_file_safely(path, "weights file")
     if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_ema"):
+        for key in ("model_ema", "model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
@@ -447,6 +448,14 @@ def check_output_stride(name: str, output_stride: int, supported: Iterable[int])
         raise ValueError(
             f"{name} supports output_stride in {supported}, got {output_stride}"
         )
+
+
+def check_stem_stride(name: str, stem_stride: int) -> int:
+    """The stem conv's stride: 2 (ImageNet) or 1 (the CIFAR adaptation); anything else is refused."""
+    if stem_stride not in (1, 2):
+        raise ValueError(f"{name} stem_stride must be 2 (the paper's) or 1 (small inputs such as CIFAR's "
+                         f"32x32), got {stem_stride!r}")
+    return stem_stride
 
 
 def check_taps(owner: str, taps: Mapping[int, str] | None, supported: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from ._base import (
     SequentialBackbone,
     check_output_stride,
+    check_stem_stride,
     make_divisible,
     plan_dilation,
     register_backbone,
@@ -77,16 +78,19 @@ class MobileNetV1(SequentialBackbone):
         dropout: dropout before the classifier (0 by default: the paper uses
             little regularisation for small models, §3.2).
         activation: ``"relu"`` (the paper's) or ``"relu6"`` (the TF / timm implementations').
+        stem_stride: stride of the first conv, 2 (the paper's) or 1: the CIFAR adaptation
+            (32x32 inputs keep a 2x2 deepest map instead of 1x1, as CIFAR ports of
+            MobileNet do); every declared stride halves, the weights are the same shapes.
     """
 
     supported_output_strides = (8, 16, 32)
     supported_taps = ("deepest", "first")
-    options = ("width_mult", "norm_layer", "dropout", "activation")
+    options = ("width_mult", "norm_layer", "dropout", "activation", "stem_stride")
 
     def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
                  taps: Mapping[int, str] | None = None,
                  norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.0,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", stem_stride: int = 2) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV1 width_mult must be positive, got {width_mult}")
@@ -98,9 +102,10 @@ class MobileNetV1(SequentialBackbone):
 
         stem = make_divisible(32 * width_mult, 8)
         outs = [make_divisible(row.out_ch * width_mult, 8) for row in BLOCKS]
-        plan = plan_dilation([2] + [row.stride for row in BLOCKS], output_stride)
+        plan = plan_dilation([check_stem_stride("mobilenet_v1", stem_stride)] + [row.stride for row in BLOCKS],
+                             output_stride)
         layers: list[nn.Module] = [
-            Conv2dNormActivation(3, stem, 3, 2, norm_layer=norm_layer, activation_layer=act)
+            Conv2dNormActivation(3, stem, 3, plan[0][0], norm_layer=norm_layer, activation_layer=act)
         ]
         for in_ch, out_ch, (s, d) in zip([stem] + outs[:-1], outs, plan[1:]):
             layers.append(DepthwiseSeparable(in_ch, out_ch, s, d, norm_layer, act))
@@ -111,6 +116,8 @@ class MobileNetV1(SequentialBackbone):
             cur *= s
             strides.append(cur)
         self._init_taps(strides, [stem] + outs, taps)
+        if plan[0][0] == 1:  # stem_stride 1: every stride halves
+            self.size_divisor, self.min_size = type(self).size_divisor // 2, type(self).min_size // 2
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:

@@ -17,6 +17,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from ._base import (
     SequentialBackbone,
     check_output_stride,
+    check_stem_stride,
     make_divisible,
     plan_dilation,
     register_backbone,
@@ -103,15 +104,19 @@ class MobileNetV2(SequentialBackbone):
             expansion of layer 15", §6.2). Expansion taps need that block strided.
         norm_layer: BatchNorm factory (default ``nn.BatchNorm2d``, as torchvision).
         dropout: dropout of the classifier head (0.2, as torchvision).
+        stem_stride: stride of the first conv, 2 (the paper's) or 1: the CIFAR adaptation
+            (32x32 inputs keep a 2x2 deepest map instead of 1x1, as CIFAR ports of
+            MobileNet do); every declared stride halves, the weights are the same shapes.
     """
 
     supported_output_strides = (8, 16, 32)
     supported_taps = ("deepest", "first", "expansion")
-    options = ("width_mult", "norm_layer", "dropout")
+    options = ("width_mult", "norm_layer", "dropout", "stem_stride")
 
     def __init__(self, width_mult: float = 1.0, output_stride: int = 32,
                  taps: Mapping[int, str] | None = None,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.2) -> None:
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, dropout: float = 0.2,
+                 stem_stride: int = 2) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV2 width_mult must be positive, got {width_mult}")
@@ -129,9 +134,10 @@ class MobileNetV2(SequentialBackbone):
                 in_ch = out_ch
         self.last_channel = make_divisible(1280 * max(1.0, width_mult), 8)
 
-        plan = plan_dilation([2] + [b[2] for b in blocks] + [1], output_stride)
+        plan = plan_dilation([check_stem_stride("mobilenet_v2", stem_stride)] + [b[2] for b in blocks] + [1],
+                             output_stride)
         layers: list[nn.Module] = [
-            Conv2dNormActivation(3, stem, 3, 2, norm_layer=norm_layer, activation_layer=nn.ReLU6)
+            Conv2dNormActivation(3, stem, 3, plan[0][0], norm_layer=norm_layer, activation_layer=nn.ReLU6)
         ]
         for (i, o, _, t), (s, d) in zip(blocks, plan[1:-1]):
             layers.append(InvertedResidual(i, o, s, t, d, norm_layer))
@@ -144,6 +150,8 @@ class MobileNetV2(SequentialBackbone):
             cur *= s
             strides.append(cur)
         self._init_taps(strides, [stem] + [b[1] for b in blocks] + [self.last_channel], taps)
+        if plan[0][0] == 1:  # stem_stride 1: every stride halves
+            self.size_divisor, self.min_size = type(self).size_divisor // 2, type(self).min_size // 2
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:

@@ -17,6 +17,7 @@ from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 from ._base import (
     SequentialBackbone,
     check_output_stride,
+    check_stem_stride,
     make_divisible,
     plan_dilation,
     register_backbone,
@@ -144,16 +145,19 @@ class MobileNetV3(SequentialBackbone):
         norm_layer: BatchNorm factory (default eps 1e-3, momentum 0.01).
         bn_eps: overrides the BatchNorm eps (1e-5 for timm's ``mobilenetv3_*`` weights).
         dropout: dropout of the classifier head.
+        stem_stride: stride of the first conv, 2 (the paper's) or 1: the CIFAR adaptation
+            (32x32 inputs keep a 2x2 deepest map instead of 1x1, as CIFAR ports of
+            MobileNet do); every declared stride halves, the weights are the same shapes.
     """
 
     supported_output_strides = (8, 16, 32)
     supported_taps = ("deepest", "first", "expansion")
-    options = ("width_mult", "reduced_tail", "norm_layer", "bn_eps", "dropout")  # arch: one factory each
+    options = ("width_mult", "reduced_tail", "norm_layer", "bn_eps", "dropout", "stem_stride")  # arch: one factory each
 
     def __init__(self, arch: str = "large", width_mult: float = 1.0, reduced_tail: bool = False,
                  output_stride: int = 32, taps: Mapping[int, str] | None = None,
                  norm_layer: Callable[..., nn.Module] = BatchNorm, bn_eps: float | None = None,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, stem_stride: int = 2) -> None:
         super().__init__()
         if bn_eps is not None:  # timm trains its MobileNetV3s with PyTorch's default 1e-5
             norm_layer = partial(norm_layer, eps=bn_eps)
@@ -165,11 +169,12 @@ class MobileNetV3(SequentialBackbone):
         self.arch, self.output_stride, self.dropout = arch, output_stride, dropout
         self.last_channel = make_divisible((1280 if arch == "large" else 1024) // r * width_mult, 8)
 
-        plan = plan_dilation([2] + [row.stride for row in rows] + [1], output_stride)
+        plan = plan_dilation([check_stem_stride(f"mobilenet_v3_{arch}", stem_stride)] + [row.stride for row in rows]
+                             + [1], output_stride)
         stem = rows[0].in_ch
         last = 6 * rows[-1].out_ch
         layers: list[nn.Module] = [
-            Conv2dNormActivation(3, stem, 3, 2, norm_layer=norm_layer, activation_layer=nn.Hardswish)
+            Conv2dNormActivation(3, stem, 3, plan[0][0], norm_layer=norm_layer, activation_layer=nn.Hardswish)
         ]
         for row, (s, d) in zip(rows, plan[1:-1]):
             layers.append(InvertedResidual(row, s, d, norm_layer))
@@ -182,6 +187,8 @@ class MobileNetV3(SequentialBackbone):
             cur *= s
             strides.append(cur)
         self._init_taps(strides, [stem] + [row.out_ch for row in rows] + [last], taps)
+        if plan[0][0] == 1:  # stem_stride 1: every stride halves
+            self.size_divisor, self.min_size = type(self).size_divisor // 2, type(self).min_size // 2
         _init_weights(self)
 
     def feature_layers(self) -> list[nn.Module]:

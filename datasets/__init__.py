@@ -1,4 +1,4 @@
-"""mobiledense.datasets: COCO-format detection and Cityscapes-layout segmentation data.
+"""mobiledense.datasets: COCO-format detection, Cityscapes-layout segmentation and classification data.
 
 One import statement per module; other modules append their own exports below.
 """
@@ -17,3 +17,13 @@ from .synthetic import make_synthetic_coco
 from .cityscapes import CityscapesFrame, CityscapesSegmentation, read_label_png
 from .seg_transforms import SegTransform, build_seg_transforms
 from .synthetic_seg import make_synthetic_cityscapes
+from .classification import (
+    CIFAR10_CLASSES,
+    Cifar10,
+    ClsTransform,
+    ImageFolderClassification,
+    build_cls_transforms,
+    coco_crops_to_imagefolder,
+    load_cifar_batch,
+    write_cifar_batch,
+)

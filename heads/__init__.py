@@ -1,4 +1,5 @@
-"""mobiledense.heads: SSDLite detection (MobileNetV3 paper §6.3), LR-ASPP (§6.4) and smp segmentation heads.
+"""mobiledense.heads: SSDLite detection (MobileNetV3 paper §6.3), LR-ASPP (§6.4), smp segmentation heads
+and the backbones' own classifiers (:mod:`.classifier`).
 
 Models: a typed :class:`~mobiledense.heads.spec.ModelSpec` and ONE builder,
 :func:`create_model` (:mod:`.registry`): ``create_model(spec)`` or
@@ -11,7 +12,7 @@ Inference: ``optimize_for_inference(model)`` (BN folding, fused conv + activatio
 channels-last; :mod:`.inference`).
 """
 
-from .spec import BackboneSpec, LRASPPSpec, ModelSpec, SmpSpec, SSDLiteSpec
+from .spec import BackboneSpec, ClassifierSpec, LRASPPSpec, ModelSpec, SmpSpec, SSDLiteSpec
 from .registry import (
     HEADS,
     MODELS,
@@ -42,6 +43,7 @@ from .matcher import SSDMatcher
 from .postprocess import batched_nms_topn, select_detections
 from .ssdlite import FOCAL_PRIOR_BIAS, SSDLiteHead, extra_blocks, ssdlite_parts
 from .lraspp import LargeKernelAvgPool, LRASPPHead, create_segmenter
+from .classifier import Classifier, build_classifier
 from .segmenter import Normalize, Segmenter
 from .zoo import *  # noqa: F401,F403 - the registered model functions
 from .zoo import __all__ as _ZOO
@@ -56,6 +58,8 @@ _LAZY = {
 __all__ = [
     "BackboneSpec",
     "BoxCoder",
+    "Classifier",
+    "ClassifierSpec",
     "DefaultBoxes",
     "FOCAL_PRIOR_BIAS",
     "FusedConv2d",
@@ -74,6 +78,7 @@ __all__ = [
     "Segmenter",
     "SmpSpec",
     "batched_nms_topn",
+    "build_classifier",
     "build_model_spec",
     "build_ssdlite",
     "create_detector",

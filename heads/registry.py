@@ -36,7 +36,7 @@ __all__ = ["HEADS", "MODELS", "HeadEntry", "ModelEntry", "register_head", "regis
            "CLASS_LAYER_WORDS"]
 
 Builder = Callable[[ModelSpec, "str | Path | None"], nn.Module]
-_TASK_WORD = {"det": "detector", "seg": "segmenter", None: "model"}
+_TASK_WORD = {"det": "detector", "seg": "segmenter", "cls": "classifier", None: "model"}
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,12 @@ def with_weights(spec: ModelSpec, weights: Any = None, weights_backbone: Any = N
 
 
 def model_weights(spec: ModelSpec, name: str) -> PretrainedWeights:
-    """The whole-model entry ``name`` (``coco``, ``torchvision:...``) stands for, for the model of ``spec``."""
+    """The whole-model entry ``name`` (``coco``, ``torchvision:...``) stands for, for the model of ``spec``.
+
+    A classifier's whole-model weights are its backbone's ImageNet classifier entries (``imagenet``,
+    ``torchvision:MobileNet_V3_Large_Weights.IMAGENET1K_V1``, ``timm:...``)."""
+    if spec.task == "cls":
+        return resolve_weights(name, spec.backbone.name, "backbone")
     if spec.name is None:
         raise ValueError(f"weights {name!r} are named for a registered model; this spec has no name "
                          "(build it with model_spec(NAME, ...))")
@@ -341,8 +346,9 @@ def load_for_finetuning(model: nn.Module, weights: str | Path | Mapping[str, Any
     from mobiledense.backbones import summarize_load_error
 
     sd, own = model_state_dict(model.spec, weights), model.state_dict()
+    cls = model.spec.task == "cls"  # a classifier's class layers: every head tensor whose shape differs
     skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape
-               and any(w in k for w in CLASS_LAYER_WORDS)]
+               and (any(w in k for w in CLASS_LAYER_WORDS) or (cls and k.startswith("head.")))]
     kept = {k: v for k, v in sd.items() if k not in skipped}
     try:
         model.load_state_dict({**{k: own[k] for k in skipped}, **kept})

@@ -26,6 +26,7 @@ __all__ = [
     "SSDLiteSpec",
     "LRASPPSpec",
     "SmpSpec",
+    "ClassifierSpec",
     "HeadSpec",
     "ModelSpec",
     "TapKind",
@@ -169,7 +170,16 @@ class SmpSpec(Spec):
     normalize: bool = True
 
 
-HeadSpec = Annotated[Union[SSDLiteSpec, LRASPPSpec, SmpSpec], Field(discriminator="kind")]
+class ClassifierSpec(Spec):
+    """The backbone's own ImageNet-style classifier head (``create_classifier``, torchvision-exact keys)."""
+
+    kind: Literal["classifier"] = "classifier"
+    normalize: bool = Field(True, description="ImageNet normalisation inside the model (inputs: RGB in [0, 1])")
+
+
+HeadSpec = Annotated[Union[SSDLiteSpec, LRASPPSpec, SmpSpec, ClassifierSpec], Field(discriminator="kind")]
+#: The task each head kind serves.
+HEAD_TASK = {"ssdlite": "det", "lraspp": "seg", "smp": "seg", "classifier": "cls"}
 
 
 class ModelSpec(Spec):
@@ -177,13 +187,13 @@ class ModelSpec(Spec):
 
     ``class_names`` name the labels the model predicts: for detection labels 1..K-1 (0 is the
     background), with ``category_ids`` their original dataset ids; for segmentation labels
-    0..K-1. Empty tuples when unknown (a model built from a name alone).
+    0..K-1, as for classification. Empty tuples when unknown (a model built from a name alone).
     """
 
     what: ClassVar[str] = "model spec"
 
     name: str | None = Field(None, description="registered model name it came from (informational)")
-    task: Literal["det", "seg"]
+    task: Literal["det", "seg", "cls"]
     backbone: BackboneSpec = BackboneSpec()
     head: HeadSpec
     num_classes: int = Field(ge=1, description="outputs; detection counts the background")
@@ -193,8 +203,9 @@ class ModelSpec(Spec):
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
         det = self.head.kind == "ssdlite"
-        if (self.task == "det") != det:
-            raise ValueError(f"head {self.head.kind!r} is a {'det' if det else 'seg'} head, not a {self.task!r} one")
+        if HEAD_TASK[self.head.kind] != self.task:
+            raise ValueError(f"head {self.head.kind!r} is a {HEAD_TASK[self.head.kind]} head, "
+                             f"not a {self.task!r} one")
         if det and self.num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
         labels = self.num_classes - 1 if det else self.num_classes

@@ -21,14 +21,17 @@ COMMANDS: dict[str, dict[str | None, tuple[str, str]]] = {
     "train": {
         "det": ("train_det", "train an SSDLite detector on COCO-format data"),
         "seg": ("train_seg", "train an LR-ASPP segmenter on Cityscapes-layout data"),
+        "cls": ("train_cls", "pretrain a backbone as a classifier (ImageFolder, CIFAR-10)"),
     },
     "eval": {
         "det": ("eval_det", "COCO mAP of a detector (pycocotools / faster-coco-eval)"),
         "seg": ("eval_seg", "Cityscapes mIoU of a segmenter"),
+        "cls": ("eval_cls", "top-1 / top-5 / per-class accuracy of a classifier"),
     },
     "predict": {
         "det": ("predict_det", "boxes JSON + overlay PNGs for images or a folder"),
         "seg": ("predict_seg", "label PNGs + colour overlays for images or a folder"),
+        "cls": ("predict_cls", "top-k classes JSON + labelled tiles for images or a folder"),
     },
     "bench": {None: ("bench", "latency/throughput against torchvision, same weights")},
     "export": {None: ("export", "export a model to ONNX and check it against PyTorch")},

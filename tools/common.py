@@ -116,6 +116,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, spec: type[BaseMod
             group.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_)
             continue
+        pair = field.annotation
+        if typing.get_origin(pair) in (typing.Union, types.UnionType):
+            pair = next(a for a in typing.get_args(pair) if a is not type(None))
+        if typing.get_origin(pair) is tuple:  # (h, w) pairs: two values
+            group.add_argument(_flag(name), dest=name, type=typing.get_args(pair)[0], nargs=2, default=None,
+                               metavar=("H", "W"), help=help_)
+            continue
         typ, choices = _cli_type(field.annotation)
         group.add_argument(_flag(name), dest=name, type=typ, choices=choices, default=None, help=help_)
 
@@ -128,7 +135,7 @@ def given(args: argparse.Namespace, spec: type[BaseModel], skip: Iterable[str] =
 
 def say_override(flag: str, value: Any, stored: Any) -> None:
     """Log that a command-line flag replaces what the checkpoint's run spec says."""
-    if stored is not None and value != stored:
+    if value is not None and stored is not None and value != stored:
         log.warning("%s %s overrides the run spec's %r", flag, value, stored)
 
 

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--frozen-backbone", action="store_true",
                         help="train heads only: backbone requires_grad=False, its BN in eval mode (probe)")
     recipe.add_argument("--weights-backbone", metavar="DIR",
-                        help="folder of local ImageNet weights <backbone>.pth/.pt (missing: random init)")
+                        help="folder of local backbone weights <backbone>.pth/.pt: ImageNet files or `train cls` "
+                             "checkpoints (their recorded top-1 becomes the upstream column); missing: random init")
     data = parser.add_argument_group("data (default: synthetic sets written once in OUTPUT_DIR/data)")
     for split in ("train", "val"):
         data.add_argument(f"--det-{split}-images", help=f"folder of the {split} images (COCO file_name root)")

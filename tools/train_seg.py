@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--print-config", action="store_true",
                      help="print the run spec the preset and flags resolve to, and exit")
-    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss"), title="recipe",
+    add_spec_arguments(parser, TrainConfig, skip=("world_size", "seg_loss", "label_smoothing"), title="recipe",
                        presets={name: p["recipe"] for name, p in PRESETS.items()})
 
 

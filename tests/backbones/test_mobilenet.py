@@ -220,10 +220,30 @@ def test_first_tap_is_torchvision_lraspp_low_branch(tmp_path) -> None:
 
 def test_unknown_option_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="mobilenet_v2 has no option 'reduced_tail'; its options: "
-                                         "width_mult, norm_layer, dropout, output_stride, taps"):
+                                         "width_mult, norm_layer, dropout, stem_stride, output_stride, taps"):
         create_backbone("mobilenet_v2", reduced_tail=True)
     with pytest.raises(ValueError, match="mobilenet_v1 has no option 'reduced_tail'"):
         create_classifier("mobilenet_v1", reduced_tail=True)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_stem_stride_1_halves_every_stride_with_the_same_weights(name: str) -> None:
+    """The CIFAR adaptation: the stem conv at stride 1, so a 32x32 image keeps a 2x2 deepest map."""
+    small, full = create_backbone(name, stem_stride=1).eval(), create_backbone(name).eval()
+    assert small.channels == {s // 2: c for s, c in full.channels.items()}
+    assert small.features[0][0].stride == (1, 1) and full.features[0][0].stride == (2, 2)
+    small.load_state_dict(full.state_dict())  # same tensors: a CIFAR backbone initialises an ImageNet-sized one
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = small(x)
+        assert {s: tuple(f.shape[-2:]) for s, f in feats.items()} == {s: (32 // s, 32 // s) for s in small.channels}
+        dense = small.features[0](x)  # the stem at stride 1 is the stride-2 stem sampled at every pixel
+        torch.testing.assert_close(dense[..., ::2, ::2], full.features[0](x))
+    assert small.min_size == 16
+    with pytest.raises(ValueError, match="stem_stride must be 2 .* or 1 .*got 4"):
+        create_backbone(name, stem_stride=4)
+    with pytest.raises(ValueError, match="has no option 'stem_stride'"):
+        create_backbone("shufflenet_v2_x1_0", stem_stride=1)
 
 
 # --------------------------------------------------------------------------- widths and dilation

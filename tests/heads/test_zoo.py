@@ -102,7 +102,7 @@ def test_registries_refuse_duplicates_and_list_valid_names() -> None:
         create_model("ssdlite_resnet50", task="det")
     with pytest.raises(KeyError, match="unknown seg head 'segformerx'; valid heads: lraspp, smp architectures: "):
         heads.build_model_spec("seg", "segformerx", "mobilenet_v2", 19)
-    assert set(HEADS) == {"ssdlite", "lraspp", "smp"}
+    assert set(HEADS) == {"ssdlite", "lraspp", "smp", "classifier"}
 
 
 def test_options_are_sorted_and_checked_before_building() -> None:

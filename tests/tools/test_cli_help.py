@@ -21,7 +21,7 @@ def test_recipe_flags_say_what_they_mean_their_choices_defaults_and_preset_value
     text = " ".join(_help("train", "det").split())
     assert "--lr LR peak learning rate (after warm-up) (default 0.15; preset quick: 0.002, preset torchvision: 0.15)" \
         in text
-    assert "--optimizer {sgd,adamw}" in text and "--precision {auto,fp32,fp16,bf16}" in text
+    assert "--optimizer {sgd,adamw,rmsprop}" in text and "--precision {auto,fp32,fp16,bf16}" in text
     assert "--accumulate-batches ACCUMULATE_BATCHES loader batches whose gradients make one optimiser step" in text
     assert "--weights-backbone WEIGHTS_BACKBONE backbone weights the run starts from" in text \
         and "preset torchvision: imagenet" in text

@@ -65,8 +65,8 @@ def trainer(tmp: Path, model: nn.Module | None = None, data: Dataset | None = No
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="lr must be > 0.*batch_size must be > 0|batch_size must be > 0.*lr must be > 0"):
         cfg(lr=-1.0, batch_size=0)
-    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw', got 'rmsprop'"):
-        cfg(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="optimizer must be 'sgd', 'adamw' or 'rmsprop', got 'lamb'"):
+        cfg(optimizer="lamb")
 
 
 def test_lr_schedule_warmup_cosine_poly() -> None:

@@ -9,9 +9,10 @@ from .cells import DET_HEAD, METRIC, TASKS, Cell, DataSpec, Measurement, Recipe,
 from .report import CSV_COLUMNS, markdown_report, pareto_front, plot_tradeoff, result_rows, write_report
 from .runner import (ResultStore, TaskData, build_model, evaluate_model, find_backbone, freeze_backbone,
                      inference_net, load_task_data, lock_recipe, measure_latency, run_cell, run_comparison,
-                     train_model)
+                     train_model, upstream_accuracy)
 
 __all__ = ["CSV_COLUMNS", "DET_HEAD", "METRIC", "TASKS", "Cell", "DataSpec", "Measurement", "Recipe", "ResultStore",
            "TaskData", "build_model", "evaluate_model", "find_backbone", "freeze_backbone", "inference_net",
            "load_task_data", "lock_recipe", "make_cells", "markdown_report", "measure_latency", "pareto_front",
-           "plot_tradeoff", "result_rows", "run_cell", "run_comparison", "seg_head_names", "train_model", "write_report"]
+           "plot_tradeoff", "result_rows", "run_cell", "run_comparison", "seg_head_names", "train_model",
+           "upstream_accuracy", "write_report"]

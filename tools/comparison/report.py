@@ -17,7 +17,7 @@ CSV_COLUMNS = [
     "task", "head", "backbone", "status", "metric", "accuracy", "mAP", "AP50", "mIoU", "pixel_acc", "params_m",
     "backbone_params_m", "trainable_params_m", "madds_m", "input_h", "input_w", "cpu_latency_ms",
     "cpu_latency_min_ms", "latency_threads", "gpu_latency_ms", "train_images_per_s", "train_time_s", "train_steps",
-    "final_loss", "frozen_backbone", "init", "device", "error",
+    "final_loss", "frozen_backbone", "init", "upstream_top1", "upstream_top5", "upstream_data", "device", "error",
 ]
 
 
@@ -74,6 +74,8 @@ def _describe(lock: dict[str, Any]) -> list[str]:
     seg_data = (f"Cityscapes layout `{d['seg_root']}` ({d['seg_train_split']} -> {d['seg_val_split']})"
                 if d["seg_root"] else f"synthetic streets ({d['synthetic_frames']} train frames)")
     init = f"from `{r['weights_backbone']}` where present" if r["weights_backbone"] else "random"
+    upstream = ("- Upstream (cls) top-1: the classification accuracy the backbone's file records (a `mobiledense "
+                "train cls` checkpoint, on its own val set); n/a for other files.") if r["weights_backbone"] else None
     return [
         f"- Recipe (every cell): {r['epochs']} epochs{steps}, batch {r['batch_size']}, AdamW "
         f"(lr det {r['det_lr']:g} / seg {r['seg_lr']:g}, wd {r['weight_decay']:g}), cosine, warm-up "
@@ -84,7 +86,7 @@ def _describe(lock: dict[str, Any]) -> list[str]:
         "- MAdds and latency at those sizes, batch 1 (det: network only, no resize/NMS). CPU latency: median "
         "of timed forwards after warm-up; train img/s: the Trainer's end-to-end rate (data loading included), "
         "median over epochs. Timings depend on the machine and its load.",
-    ]
+    ] + ([upstream] if upstream else [])
 
 
 def markdown_report(rows: Sequence[dict[str, Any]], lock: dict[str, Any]) -> str:
@@ -92,14 +94,16 @@ def markdown_report(rows: Sequence[dict[str, Any]], lock: dict[str, Any]) -> str
     ok = [r for r in rows if r["status"] == "ok"]
     lines = ["# Backbone comparison", "", *_describe(lock), ""]
     columns = sorted({(r["task"], r["head"], r["metric"]) for r in rows}, key=lambda c: _column_order(*c[:2]))
+    upstream = {r["backbone"]: r["upstream_top1"] for r in ok if r.get("upstream_top1") is not None}
     if ok:
         lines += ["## Accuracy matrix", "",
-                  "| backbone | " + " | ".join(f"{t} {h} {m}" for t, h, m in columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
+                  "| backbone | " + ("cls top-1 (upstream) | " if upstream else "")
+                  + " | ".join(f"{t} {h} {m}" for t, h, m in columns) + " |",
+                  "|---|" + "---:|" * (len(columns) + bool(upstream))]
         acc = {(r["task"], r["head"], r["backbone"]): r for r in rows}
         for b in sorted({r["backbone"] for r in rows}):
             cells = [acc.get((t, h, b)) for t, h, _ in columns]
-            lines.append(f"| {b} | " + " | ".join(
+            lines.append(f"| {b} | " + (f"{_fmt(upstream.get(b), 1, 100)} | " if upstream else "") + " | ".join(
                 "" if c is None else "failed" if c["status"] != "ok" else _fmt(c["accuracy"], 1, 100)
                 for c in cells) + " |")
         lines.append("")
@@ -113,13 +117,17 @@ def markdown_report(rows: Sequence[dict[str, Any]], lock: dict[str, Any]) -> str
                   for name, key in (("latency", "cpu_latency_ms"), ("MAdds", "madds_m"))}
         threads = task_rows[0]["latency_threads"]
         lines += [f"## {task}: {metric} (%) on the validation set, best first", "",
-                  f"| # | backbone | head | {metric} | {extra} | params (M) | MAdds (M) | CPU ms ({threads} thr) | "
+                  f"| # | backbone | head | {metric} | {extra} | " + ("cls top-1 | " if upstream else "")
+                  + f"params (M) | MAdds (M) | CPU ms ({threads} thr) | "
                   + ("GPU ms | " if gpu else "") + "train img/s | Pareto front |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---|"]
+                  "|---:|---|---|---:|---:|" + ("---:|" if upstream else "") + "---:|---:|---:|"
+                  + ("---:|" if gpu else "") + "---:|---|"]
         for i, r in enumerate(task_rows):
             front = ", ".join(name for name, idx in fronts.items() if i in idx)
             lines.append(f"| {i + 1} | {r['backbone']} | {r['head']} | {_fmt(r['accuracy'], 1, 100)} | "
-                         f"{_fmt(r.get(extra), 1, 100)} | {_params(r)} | {_fmt(r['madds_m'], 0)} | "
+                         f"{_fmt(r.get(extra), 1, 100)} | "
+                         + (f"{_fmt(r.get('upstream_top1'), 1, 100)} | " if upstream else "")
+                         + f"{_params(r)} | {_fmt(r['madds_m'], 0)} | "
                          f"{_fmt(r['cpu_latency_ms'], 1)} | " + (f"{_fmt(r['gpu_latency_ms'], 2)} | " if gpu else "")
                          + f"{_fmt(r['train_images_per_s'], 1)} | {front} |")
         lines.append("")

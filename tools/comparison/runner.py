@@ -50,7 +50,7 @@ from .report import write_report
 
 __all__ = ["TaskData", "ResultStore", "load_task_data", "build_model", "find_backbone", "freeze_backbone",
            "inference_net", "train_model", "evaluate_model", "measure_latency", "run_cell", "lock_recipe",
-           "run_comparison"]
+           "run_comparison", "upstream_accuracy"]
 
 log = logging.getLogger("mobiledense.compare")
 
@@ -123,6 +123,26 @@ def _weights_file(folder: str | None, backbone: str) -> str | None:
         if path.is_file():
             return str(path)
     return None
+
+
+def upstream_accuracy(path: str | Path | None) -> dict[str, Any]:
+    """The classification accuracy a backbone file records: for a ``mobiledense train cls`` checkpoint,
+    ``{"upstream_top1", "upstream_top5", "upstream_data"}`` of the evaluation of its own weights
+    (``best.pt``; any checkpoint whose epoch was the best); else ``{}`` (a plain or torchvision file,
+    or a checkpoint of another epoch: its accuracy was not measured on those weights)."""
+    if path is None:
+        return {}
+    from mobiledense.backbones import load_file_safely
+
+    ckpt = load_file_safely(path, "backbone weights")
+    spec, best = ckpt.get("spec") if isinstance(ckpt, dict) else None, ckpt.get("best") if isinstance(ckpt, dict) \
+        else None
+    if not spec or spec.get("model", {}).get("task") != "cls" or not best or best.get("step") != ckpt.get("step"):
+        return {}
+    metrics = best.get("metrics") or {best["metric"]: best["value"]}
+    data = spec.get("data", {})
+    return {"upstream_top1": metrics.get("top1"), "upstream_top5": metrics.get("top5"),
+            "upstream_data": f"{data.get('layout', '?')} {data.get('val') or data.get('train') or 'synthetic crops'}"}
 
 
 def cell_spec(cell: Cell, data: TaskData, recipe: Recipe, workers: int = 0) -> RunSpec:
@@ -268,6 +288,7 @@ def run_cell(cell: Cell, recipe: Recipe, data: TaskData, workdir: Path, measurem
         "gpu": torch.cuda.get_device_name(device) if gpu_ms is not None else None,
         **train, "frozen_backbone": recipe.frozen_backbone,
         "init": _weights_file(recipe.weights_backbone, cell.backbone) or "random",
+        **upstream_accuracy(_weights_file(recipe.weights_backbone, cell.backbone)),
         "device": str(device), "cpu": _cpu_name(), "torch": torch.__version__,
         "elapsed_s": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

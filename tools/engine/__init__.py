@@ -13,13 +13,14 @@ from .data import ResumableSampler, SeededDataset, seed_everything, skip_none_co
 from .distributed import configure_logging, init_distributed, is_main_process, world_size
 from .hooks import BestCheckpoint, EvalHook, HookBase, MetricsLog, PeriodicCheckpoint, default_hooks
 from .recipe import OPERATIONAL_FIELDS, TrainConfig
-from .spec import CityscapesDataSpec, CocoDataSpec, RunSpec, identity_changes
+from .spec import CityscapesDataSpec, ClassificationDataSpec, CocoDataSpec, RunSpec, identity_changes
 from .trainer import Trainer, TrainingAborted
 
 __all__ = [
     "BestCheckpoint",
     "CheckpointManager",
     "CityscapesDataSpec",
+    "ClassificationDataSpec",
     "CocoDataSpec",
     "EvalHook",
     "HookBase",

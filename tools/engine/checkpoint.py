@@ -93,6 +93,27 @@ class CheckpointManager:
         found = [p for p in self.directory.iterdir() if self.PATTERN.match(p.name)]
         return sorted(found, key=lambda p: int(self.PATTERN.match(p.name).group(1)))
 
+    def set_aside(self) -> Path | None:
+        """Move an earlier run's checkpoints (numbered, ``last.pt``, ``best.pt``) into
+        ``earlier_<time>/`` beside them; returns that folder, or None when there were none.
+
+        A fresh start (``--resume none``) in a folder that holds them would otherwise rotate its
+        own new, lower-numbered files away and point ``best.pt`` at the old run.
+        """
+        old = self.checkpoints() + [p for p in (self.directory / "last.pt", self.best_path) if p.is_file()]
+        if not old:
+            return None
+        folder = self.directory / time.strftime("earlier_%Y%m%d-%H%M%S")
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = folder.with_name(f"{folder.name.split('.')[0]}.{n}")
+        folder.mkdir()
+        for p in old:
+            os.replace(p, folder / p.name)
+        fsync_dir(self.directory)
+        return folder
+
     def latest(self) -> Path | None:
         last = self.directory / "last.pt"
         if last.is_file():

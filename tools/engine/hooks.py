@@ -91,8 +91,9 @@ class EvalHook(HookBase):
 class BestCheckpoint(HookBase):
     """Keeps ``checkpoints/best.pt``: the checkpoint of the epoch with the highest ``metric``.
 
-    The trainer's ``best`` (``{"metric", "value", "epoch", "step"}``) is saved in every
-    checkpoint, so a resumed run keeps comparing against the best so far.
+    The trainer's ``best`` (``{"metric", "value", "epoch", "step", "metrics"}``: ``metrics`` is that
+    evaluation's every number) is saved in every checkpoint, so a resumed run keeps comparing against
+    the best so far, and ``best.pt`` says how good its own weights are (``compare`` reads a classifier's).
     """
 
     def __init__(self, metric: str) -> None:
@@ -105,7 +106,9 @@ class BestCheckpoint(HookBase):
             return
         if t.best and t.best.get("metric") == self.metric and value <= t.best["value"]:
             return
-        t.best = {"metric": self.metric, "value": float(value), "epoch": t.epoch, "step": t.step}
+        t.best = {"metric": self.metric, "value": float(value), "epoch": t.epoch, "step": t.step,
+                  "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+                              and k != "epoch" and k in getattr(t, "last_eval", {})}}
         if is_main_process():
             path = t.save()  # again: the checkpoint of this epoch now records itself as the best
             t.ckpts.mark_best(path)

@@ -31,11 +31,16 @@ class TrainConfig(Spec):
     epochs: int = Field(660, gt=0, description="passes over the training set")
     batch_size: int = Field(24, gt=0, description="images per step and process")
     lr: float = Field(0.15, gt=0, description="peak learning rate (after warm-up)")
-    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    momentum: float = Field(0.9, ge=0, description="SGD / RMSprop momentum")
     weight_decay: float = Field(4e-5, ge=0, description="on weights; none on norms and biases")
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    optimizer: Literal["sgd", "adamw", "rmsprop"] = "sgd"
+    rmsprop_alpha: float = Field(0.9, gt=0, lt=1, description="RMSprop smoothing (torchvision's reference: 0.9)")
+    rmsprop_eps: float = Field(0.0316, gt=0, description="RMSprop eps (torchvision's reference: 0.0316)")
+    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
     poly_power: float = Field(0.9, gt=0, description="exponent of the poly schedule")
+    lr_step_epochs: float = Field(2.0, gt=0, description="step schedule: epochs between decays")
+    lr_gamma: float = Field(0.973, gt=0, le=1, description="step schedule: lr factor at each decay")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: cross-entropy label smoothing")
     min_lr: float = Field(0.0, ge=0, description="learning rate the schedule ends at")
     warmup_iters: int = Field(1000, ge=0, description="steps of linear warm-up")
     warmup_factor: float = Field(1e-3, gt=0, le=1, description="warm-up starts at lr x this")
@@ -87,9 +92,15 @@ class TrainConfig(Spec):
         return self.replace(precision=precision, world_size=world_size, sync_bn=sync_bn)
 
     def lr_at(self, step: int, total_steps: int) -> float:
-        """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+        """LR of optimiser step ``step`` (0-based): linear warm-up, then the schedule.
+
+        ``step`` multiplies the lr by ``lr_gamma`` every ``lr_step_epochs`` epochs (torchvision's
+        StepLR, stepped per epoch), the epoch being ``step / (total_steps / epochs)``."""
         t = min(step / max(total_steps, 1), 1.0)
-        if self.schedule == "cosine":
+        if self.schedule == "step":
+            epoch = step * self.epochs / max(total_steps, 1)
+            lr = max(self.lr * self.lr_gamma ** math.floor(epoch / self.lr_step_epochs + 1e-9), self.min_lr)
+        elif self.schedule == "cosine":
             lr = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
         elif self.schedule == "poly":
             lr = self.min_lr + (self.lr - self.min_lr) * (1 - t) ** self.poly_power

@@ -20,7 +20,8 @@ from mobiledense.heads.spec import ModelSpec, Spec, format_validation_error
 
 from .recipe import OPERATIONAL_FIELDS, TrainConfig
 
-__all__ = ["CocoDataSpec", "CityscapesDataSpec", "DataSpec", "RunSpec", "flat_diff", "identity_changes",
+__all__ = ["CocoDataSpec", "CityscapesDataSpec", "ClassificationDataSpec", "DataSpec", "RunSpec", "flat_diff",
+           "identity_changes",
            "SPEC_VERSION"]
 
 SPEC_VERSION = 1
@@ -85,8 +86,40 @@ class CityscapesDataSpec(Spec):
         return self
 
 
-DataSpec = Annotated[Union[CocoDataSpec, CityscapesDataSpec], Field(discriminator="format")]
-_TASK_FORMAT = {"det": "coco", "seg": "cityscapes"}
+class ClassificationDataSpec(Spec):
+    """Image classification data: an ImageFolder tree or CIFAR-10's python batches, and the input size."""
+
+    what: ClassVar[str] = "data spec"
+
+    format: Literal["classification"] = "classification"
+    layout: Literal["imagefolder", "cifar10"] = Field("imagefolder", description="imagefolder: ROOT/<class>/<image>; "
+                                                      "cifar10: the cifar-10-batches-py folder")
+    train: str | None = Field(None, description="training ImageFolder root, or the CIFAR-10 folder")
+    val: str | None = Field(None, description="val ImageFolder root (CIFAR-10: its test_batch, read from the train "
+                                              "folder when None); 'none' in the CLI: no evaluation")
+    val_split: Literal["val", "train", "none"] = Field("val", description="what training evaluates: val, its own "
+                                                                          "train images, or nothing")
+    synthetic_images: int | None = Field(None, ge=2, description="objects cropped from the generated synthetic "
+                                                                 "shapes, when no train data is given")
+    size: Pair = Field((224, 224), description="input (h, w) the network sees")
+    resize_size: int | None = Field(None, ge=1, description="eval: shorter side resized to this before the centre "
+                                                            "crop (default size / 0.875)")
+    augment: Literal["imagenet", "light", "cifar", "none"] = Field("imagenet", description="training augmentation")
+    auto_augment: Literal["none", "imagenet"] = Field("none", description="torchvision AutoAugment policy")
+    random_erasing: float = Field(0.0, ge=0, le=1, description="probability of torchvision's RandomErasing")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClassificationDataSpec":
+        if min(self.size) < 8:
+            raise ValueError(f"size must be at least 8 x 8, got {self.size}")
+        if self.layout == "cifar10" and self.train is None:
+            raise ValueError("layout cifar10 needs train (--train DIR): the folder of CIFAR-10's python batches, "
+                             "data_batch_1..5 and test_batch (cifar-10-batches-py, from cifar-10-python.tar.gz)")
+        return self
+
+
+DataSpec = Annotated[Union[CocoDataSpec, CityscapesDataSpec, ClassificationDataSpec], Field(discriminator="format")]
+_TASK_FORMAT = {"det": "coco", "seg": "cityscapes", "cls": "classification"}
 
 
 class RunSpec(Spec):

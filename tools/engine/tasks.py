@@ -1,6 +1,8 @@
-"""What a detection or segmentation run needs from its :class:`RunSpec`: data, loss, evaluation, metric.
+"""What a detection, segmentation or classification run needs from its :class:`RunSpec`: data, loss,
+evaluation, metric.
 
-:func:`task_for` gives the :class:`DetectionTask` or :class:`SegmentationTask` of a spec;
+:func:`task_for` gives the :class:`DetectionTask`, :class:`SegmentationTask` or
+:class:`ClassificationTask` of a spec;
 :func:`prepare_data` resolves the data part (absolute paths, the synthetic set written once
 when no data is given); :func:`complete_model_spec` fills in the classes from the training
 set; :func:`train` is the Python API the ``train`` commands call; :func:`load_trained_model`
@@ -29,9 +31,9 @@ from mobiledense.heads.spec import ModelSpec
 
 from .checkpoint import load_checkpoint
 from .distributed import configure_logging, is_main_process
-from .spec import CityscapesDataSpec, CocoDataSpec, RunSpec
+from .spec import CityscapesDataSpec, ClassificationDataSpec, CocoDataSpec, RunSpec
 
-__all__ = ["DetectionTask", "SegmentationTask", "task_for", "prepare_data", "complete_model_spec",
+__all__ = ["DetectionTask", "SegmentationTask", "ClassificationTask", "task_for", "prepare_data", "complete_model_spec",
            "match_categories", "build_model", "train", "load_trained_model", "save_model_checkpoint",
            "summarize_load_error"]
 
@@ -262,14 +264,124 @@ class SegmentationTask:
         return pred.cpu().numpy()
 
 
-def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask:
-    return DetectionTask(spec) if spec.task == "det" else SegmentationTask(spec)
+class ClassificationTask:
+    """A classifier on an ImageFolder tree or CIFAR-10: top-1 accuracy is the main metric."""
+
+    name, metric = "cls", "top1"
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.data = spec, spec.data
+        self._criterion: Any = None
+
+    @staticmethod
+    def prepare(data: ClassificationDataSpec, synthetic_root: Path) -> ClassificationDataSpec:
+        """Absolute paths; without train data, objects cropped from the synthetic shapes (written once)."""
+        if data.train is not None:
+            val = data.val if data.val in (None, "none") else _abs(data.val)
+            return data.replace(train=_abs(data.train), val=val)
+        from mobiledense.datasets import make_synthetic_coco
+        from mobiledense.datasets.classification import coco_crops_to_imagefolder
+        from mobiledense.datasets.io import materialize_once
+
+        n = data.synthetic_images or 300
+        root = synthetic_root.resolve()
+        if not root.exists():
+            log.info("writing the objects of %d synthetic images to %s", n, root)
+
+        def write(d: Path) -> None:
+            shapes = make_synthetic_coco(d / "shapes", num_images=n, size_range=(128, 192), seed=0,
+                                         val_fraction=0.25)
+            for split in ("train", "val"):
+                coco_crops_to_imagefolder(*shapes[split], d / split, top_k=None, min_size=16)
+
+        materialize_once(root, write)
+        return data.replace(train=str(root / "train"), val=str(root / "val"), synthetic_images=n)
+
+    def _transforms(self, train: bool) -> Any:
+        from mobiledense.datasets.classification import build_cls_transforms
+
+        d = self.data
+        return build_cls_transforms(train, d.size, d.resize_size, d.augment, d.auto_augment, d.random_erasing)
+
+    def _dataset(self, root: str, split: str, train: bool) -> Any:
+        from mobiledense.datasets.classification import Cifar10, ImageFolderClassification
+
+        if self.data.layout == "cifar10":
+            return Cifar10(root, split, transforms=self._transforms(train))
+        names = self.spec.model.class_names or None
+        return ImageFolderClassification(root, transforms=self._transforms(train), class_names=names)
+
+    def train_set(self) -> Any:
+        return self._dataset(self.data.train, "train", train=True)
+
+    def val_set(self, root: str | None = None) -> Any:
+        """The evaluation set (eval transforms): the spec's val data, its train images, or ``root`` given."""
+        d = self.data
+        if root is not None:
+            return self._dataset(root, "test", train=False)
+        if d.val_split == "none":
+            return None
+        if d.val_split == "train":
+            return self._dataset(d.train, "train", train=False)
+        if d.layout == "cifar10":
+            return self._dataset(d.val or d.train, "test", train=False)
+        return None if d.val in (None, "none") else self._dataset(d.val, "test", train=False)
+
+    @staticmethod
+    def class_info(dataset: Any) -> dict[str, Any]:
+        return {"num_classes": dataset.num_classes, "class_names": tuple(dataset.class_names)}
+
+    @staticmethod
+    def collate(samples: list) -> tuple[Tensor, Tensor]:
+        images, labels = zip(*samples)
+        return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)
+
+    def loss(self, net: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        return {"cls": F.cross_entropy(net(images), labels, label_smoothing=self.spec.recipe.label_smoothing)}
+
+    def evaluate(self, model: nn.Module, dataset: Any, *, device: torch.device | str = "cpu", workers: int = 0,
+                 progress: bool = True, batch_size: int | None = None, on_prediction: Any = None,
+                 **_: Any) -> tuple[dict, Any]:
+        """``({"top1", "top5", "mean_class_acc"}, ClsMetrics)``."""
+        from mobiledense.tools.evaluation import evaluate_classifier
+
+        m = evaluate_classifier(model, dataset, batch_size=batch_size or max(self.spec.recipe.batch_size, 32),
+                                workers=workers, device=device, progress=progress, on_prediction=on_prediction)
+        return {"top1": m.top1, "top5": m.top5, "mean_class_acc": m.mean_class_accuracy}, m
+
+    def preview(self, model: nn.Module, dataset: Any, count: int = 8) -> list[np.ndarray]:
+        """The first ``count`` evaluation images with the predicted class (green: right, red: wrong), RGB uint8."""
+        from mobiledense.tools.evaluation.overlays import classification_tile
+
+        device = next(model.parameters()).device
+        names = self.spec.model.class_names or tuple(str(i) for i in range(self.spec.model.num_classes))
+        out = []
+        for i in range(min(count, len(dataset))):
+            x, label = dataset[i]
+            with torch.inference_mode():
+                p = model(x[None].to(device)).softmax(1)[0].cpu()
+            image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out.append(classification_tile(image, p.numpy(), names, int(label)))
+        return out
+
+    def predict(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+        """Class probabilities of one uint8 RGB image, through the run's eval pipeline (resize, centre crop)."""
+        x = self._transforms(False)(image)
+        with torch.inference_mode():
+            return model(x[None].to(device)).float().softmax(1)[0].cpu().numpy()
+
+
+_TASKS = {"det": DetectionTask, "seg": SegmentationTask, "cls": ClassificationTask}
+
+
+def task_for(spec: RunSpec) -> DetectionTask | SegmentationTask | ClassificationTask:
+    return _TASKS[spec.task](spec)
 
 
 def prepare_data(spec: RunSpec, output_dir: str | Path) -> RunSpec:
     """``spec`` with absolute paths (data, backbone weights); the default synthetic set written (once) in
     ``output_dir``."""
-    prepare = DetectionTask.prepare if spec.task == "det" else SegmentationTask.prepare
+    prepare = _TASKS[spec.task].prepare
     recipe = spec.recipe.replace(weights_backbone=_abs_file(spec.recipe.weights_backbone),
                                  weights=_abs_file(spec.recipe.weights))
     return spec.replace(data=prepare(spec.data, Path(output_dir) / "synthetic"), recipe=recipe)

@@ -182,6 +182,9 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        if self.cfg.optimizer == "rmsprop":  # torchvision's classification reference (its alpha and eps)
+            return torch.optim.RMSprop(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                       alpha=self.cfg.rmsprop_alpha, eps=self.cfg.rmsprop_eps)
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
 
     def _loader(self) -> DataLoader:
@@ -259,7 +262,13 @@ class Trainer:
         With ``"auto"`` a checkpoint that cannot be read (truncated, corrupt, empty) is named in a
         warning and the next older one is taken; refused if every one is bad.
         """
-        if path is None:
+        if path is None:  # a fresh start: an earlier run's checkpoints are kept apart, not mixed in
+            if is_main_process():
+                with self._locked():
+                    moved = self.ckpts.set_aside()
+                if moved is not None:
+                    log.warning("starting over: the earlier run's checkpoints in %s were moved to %s",
+                                self.ckpts.directory, moved)
             return False
         with self._locked():
             if path != "auto":

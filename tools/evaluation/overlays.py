@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["draw_detections", "place_labels", "detection_panels", "blend_segmentation", "segmentation_overlay", "segmentation_colour",
-           "segmentation_legend", "region_outlines"]
+__all__ = ["draw_detections", "place_labels", "detection_panels", "blend_segmentation",
+           "segmentation_overlay", "segmentation_colour",
+           "segmentation_legend", "region_outlines", "classification_tile"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -269,3 +270,31 @@ def detection_panels(dataset: Any, results: Sequence[Mapping[str, Any]], count: 
         yield dataset.image_path(i), draw_detections(image, boxes, labels, scores, names,
                                                      ground_truth=(target["boxes"], target["labels"]),
                                                      score_thresh=score_thresh, min_size=min_size)
+
+
+def classification_tile(image_rgb: np.ndarray, probs: np.ndarray, names: Sequence[str], label: int | None = None,
+                        min_size: int = 192, top: int = 3) -> np.ndarray:
+    """The image (enlarged to ``min_size`` px on its longer side when smaller) above its ``top`` classes with
+    their probabilities; the first line is green when it is ``label``, red when not (RGB uint8). The tile is
+    as wide as its longest line: a narrow image is centred on white, no text is cut."""
+    h, w = image_rgb.shape[:2]
+    f = min_size / max(h, w) if max(h, w) < min_size else 1.0
+    img = cv2.resize(image_rgb, (round(w * f), round(h * f)), interpolation=cv2.INTER_NEAREST) if f != 1 else image_rgb
+    order = np.argsort(-np.asarray(probs))[:top]
+    scale = max(0.45, img.shape[1] / 450)
+    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)
+    line = th + base + 6
+    lines = [f"{names[i]} {probs[i]:.2f}" for i in order]
+    if label is not None and int(order[0]) != label:
+        lines.append(f"true: {names[label]}")
+    width = max(img.shape[1], max(cv2.getTextSize(t, _FONT, scale, 1)[0][0] for t in lines) + 8)
+    bar = np.full((line * len(lines) + 6, width, 3), 255, np.uint8)
+    for k, text in enumerate(lines):
+        colour = (0, 0, 0)
+        if k == 0 and label is not None:
+            colour = (0, 140, 0) if int(order[0]) == label else (200, 0, 0)
+        cv2.putText(bar, text, (4, 4 + k * line + th), _FONT, scale, colour, 1, cv2.LINE_AA)
+    top_part = np.full((img.shape[0], width, 3), 255, np.uint8)  # a narrow image is centred above its text
+    x0 = (width - img.shape[1]) // 2
+    top_part[:, x0:x0 + img.shape[1]] = img
+    return np.vstack([top_part, bar])

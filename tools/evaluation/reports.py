@@ -94,7 +94,7 @@ def _compact(v: float) -> str:
 NO_GT_GREY = "#d9d9d9"
 
 
-def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = True) -> Figure:
+def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = True, unit: str = "pixels") -> Figure:
     """The confusion matrix as a matplotlib ``Figure`` (what :func:`plot_confusion_matrix` saves).
 
     Rows are ground truth, columns predictions. Cells are at least 0.42 in (50 px at the saved
@@ -102,7 +102,8 @@ def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = T
     compact count (12k, 3.4M). Rows of classes with no ground-truth pixels are grey, hatched and
     say so (they are not 0-recall rows). A (K, K + 1) matrix shows its last column as "void":
     predictions outside the K classes, which count as errors of the row's class (as in
-    cityscapesScripts); a caption under the plot says this.
+    cityscapesScripts); a caption under the plot says this. ``unit`` names what is counted
+    ("pixels" for segmentation, "images" for classification).
     """
     m = np.asarray(conf.cpu() if hasattr(conf, "cpu") else conf, dtype=np.float64)
     k = len(names)
@@ -124,19 +125,19 @@ def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = T
     vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
     im = ax.imshow(masked, cmap=cmap, vmin=0, vmax=vmax, aspect="equal", interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
-    cb.set_label("share of the row's ground-truth pixels (%)" if normalize else "pixels")
+    cb.set_label(f"share of the row's ground-truth {unit} (%)" if normalize else unit)
     if normalize:
         cb.set_ticks(np.linspace(0, 1, 6), labels=[f"{t:.0f}" for t in np.linspace(0, 100, 6)])
     ax.set_xticks(range(len(cols)), labels=cols, rotation=90, fontsize=8)
     ax.set_yticks(range(k), labels=[n + ("  (no GT)" if z else "") for n, z in zip(names, no_gt)], fontsize=8)
     ax.set_xlabel("prediction", fontsize=9)
     ax.set_ylabel("ground truth", fontsize=9)
-    ax.set_title("confusion matrix" + (" (% of each ground-truth row)" if normalize else " (pixels)"), fontsize=10)
+    ax.set_title("confusion matrix" + (" (% of each ground-truth row)" if normalize else f" ({unit})"), fontsize=10)
     ax.tick_params(length=2)
     for i in np.flatnonzero(no_gt):
         ax.add_patch(Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, hatch="//", edgecolor="#9a9a9a",
                                linewidth=0))
-        ax.text((len(cols) - 1) / 2, i, "no ground-truth pixels of this class", ha="center", va="center",
+        ax.text((len(cols) - 1) / 2, i, f"no ground-truth {unit} of this class", ha="center", va="center",
                 fontsize=7, color="#333333", bbox={"facecolor": NO_GT_GREY, "edgecolor": "none", "pad": 1.5})
     if has_void:
         ax.axvline(k - 0.5, color="white", linewidth=2.0)
@@ -154,6 +155,7 @@ def confusion_figure(conf: np.ndarray, names: Sequence[str], normalize: bool = T
     return fig
 
 
-def plot_confusion_matrix(conf: np.ndarray, names: Sequence[str], path: str | Path, normalize: bool = True) -> Path:
+def plot_confusion_matrix(conf: np.ndarray, names: Sequence[str], path: str | Path, normalize: bool = True,
+                          unit: str = "pixels") -> Path:
     """Confusion matrix heat map as a PNG (see :func:`confusion_figure`)."""
-    return _save(confusion_figure(conf, names, normalize), path, dpi=120)
+    return _save(confusion_figure(conf, names, normalize, unit), path, dpi=120)

@@ -200,6 +200,19 @@ class CityscapesSegmentation(Dataset):
         path = self.frames[index].label
         return _train_ids(read_label_png(path), path, self.target_type)
 
+    def instance_ids(self, index: int) -> np.ndarray | None:
+        """The frame's ``*_gtFine_instanceIds.png`` (H, W) int32 at full label resolution, for iIoU;
+        None when the file is not there (then the set is scored without iIoU)."""
+        label = self.frames[index].label
+        path = label.with_name(label.name.replace("_labelTrainIds", "_instanceIds").replace("_labelIds",
+                                                                                               "_instanceIds"))
+        if path == label or not path.is_file():
+            return None
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None or img.ndim != 2:
+            raise ValueError(f"{path}: not a single-channel instanceIds PNG")
+        return img.astype(np.int32)
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, mask = self.load_image(index), self.load_label(index)
         if image.shape[:2] != mask.shape:

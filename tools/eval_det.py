@@ -28,8 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--label-mapping", choices=("contiguous", "category_id"), default="category_id",
                      help="with --model: how its labels map to category ids (torchvision: category_id)")
     src.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
+    src.add_argument("--results", help="score this COCO results json instead of running a model (any toolkit's: "
+                                       "[{image_id, category_id, bbox, score}]), with --ann")
+    src.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox",
+                     help="with --results: boxes (default) or masks (results with 'segmentation')")
     parser.add_argument("--val-images", help="folder of the images (default: the run's val images)")
-    parser.add_argument("--val-ann", help="COCO-format annotations json (default: the run's val json)")
+    parser.add_argument("--val-ann", "--ann", dest="val_ann",
+                        help="COCO-format annotations json (default: the run's val json)")
     parser.add_argument("--backend", choices=("auto", "pycocotools", "faster_coco_eval"), default="auto",
                         help="auto = faster-coco-eval when installed (same numbers, faster)")
     parser.add_argument("--batch-size", type=int, help="images per forward (default: the run's batch size, 8 with "
@@ -64,6 +69,44 @@ def load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, None
 
 
+#: The PNGs of an evaluation with ground truth.
+REPORTS = ("pr_curves.png", "per_class_pr.png", "per_class_ap.png", "size_breakdown.png")
+
+
+def write_reports(result: Any, out: Any, ann_file: Any) -> bool:
+    """The report PNGs (:data:`REPORTS`) of ``result`` into ``out``; False (and a warning) without ground truth."""
+    from .evaluation.reports import plot_per_class_bars, plot_per_class_pr, plot_pr_curves, plot_size_breakdown
+
+    named = [c for c in result.per_class if c.num_gt > 0]
+    if not named:
+        log.warning("%s has no ground-truth objects: COCO metrics are undefined and no plots are drawn", ann_file)
+        return False
+    plot_pr_curves(result, out / "pr_curves.png")
+    plot_per_class_pr(result, out / "per_class_pr.png")
+    plot_per_class_bars([c.name for c in named], [c.ap for c in named], out / "per_class_ap.png",
+                        "AP@[.5:.95] per class")
+    plot_size_breakdown(result, out / "size_breakdown.png")
+    return True
+
+
+def _score_results_file(args: argparse.Namespace, out: Any) -> int:
+    """``--results FILE --ann ANN``: the COCO protocol on a results file, no model."""
+    from .evaluation.coco import evaluate_coco
+
+    if args.checkpoint or args.model:
+        raise ValueError("--results scores a results file: give it with --ann, without --checkpoint/--model")
+    if not args.val_ann:
+        raise ValueError("--results needs --ann ANN.json (the ground truth the results refer to)")
+    result = evaluate_coco(args.val_ann, args.results, args.iou_type, backend=args.backend)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "metrics.json")
+    named = write_reports(result, out, args.val_ann)
+    print(result.summary(per_class=True))
+    print(f"\nwrote {out}/metrics.json" + (f", {', '.join(REPORTS)}" if named else "")
+          + f" ({result.backend}, {result.seconds:.2f} s)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets import CocoDetection
     from mobiledense.heads.inference import inference_model
@@ -73,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_detector
     from .evaluation.coco import write_coco_results
     from .evaluation.overlays import detection_panels
-    from .evaluation.reports import plot_per_class_bars, plot_pr_curves
     from mobiledense.datasets.io import write_image
 
     out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/det/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.results:
+        return _score_results_file(args, out)
     model, spec = load_detector(args)
     if spec is not None:
         say_override("--val-images", args.val_images, spec.data.val_images)
@@ -108,14 +152,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_coco_results(detections, out / "results.json")
     result.to_json(out / "metrics.json")
-    named = [c for c in result.per_class if c.num_gt > 0]
-    if named:
-        plot_pr_curves(result, out / "pr_curves.png")
-        plot_per_class_bars([c.name for c in named], [c.ap for c in named], out / "per_class_ap.png",
-                            "AP@[.5:.95] per class")
-    else:
-        log.warning("%s has no ground-truth boxes: COCO metrics are undefined and no plots are drawn",
-                    dataset.ann_file)
+    named = write_reports(result, out, dataset.ann_file)
     drawn = 0
     if args.overlays:
         (out / "overlays").mkdir(exist_ok=True)
@@ -123,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             write_image(out / "overlays" / f"{path.stem}.png", panel)
             drawn += 1
     print(result.summary(per_class=True))
-    print(f"\nwrote {out}/results.json, metrics.json" + (", pr_curves.png, per_class_ap.png" if named else "")
+    print(f"\nwrote {out}/results.json, metrics.json" + (f", {', '.join(REPORTS)}" if named else "")
           + (f", {drawn} overlays/ (ground truth | detections >= {args.overlay_score:g})" if drawn else "")
           + f" ({result.backend}, {result.seconds:.2f} s)")
     return 0

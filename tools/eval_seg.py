@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import time
 
 from .common import add_inference_arguments, say_override
 
@@ -26,6 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resize frames to this before --eval-scale (default: the run's)")
     parser.add_argument("--eval-scale", type=float, help="1.0 full resolution, 0.5 half (default: the run's)")
     parser.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
+    parser.add_argument("--mode", nargs="+", default=["whole"], choices=("whole", "slide", "tta", "slide+tta"),
+                        help="inference: whole frame (default, what training evaluates), slide (windows of --crop "
+                             "every --stride), tta (--scales x flip, probabilities averaged), slide+tta; several "
+                             "modes are scored one after the other and tabulated")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"),
+                        help="slide window (default: the run's training crop)")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                        help="slide step (default: 2/3 of the window, MMSegmentation's 341x682 for 512x1024)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+                        help="tta resize factors of the eval frame (default: MMSegmentation's)")
+    parser.add_argument("--no-flip", action="store_true", help="tta without the mirrored passes")
     parser.add_argument("--save-predictions", action="store_true",
                         help="write labelId PNGs (official submission format) to OUTPUT/predictions/")
     parser.add_argument("--output-dir", help="default: eval/ beside the checkpoint's run (runs/seg/eval)")
@@ -43,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import output_folder, select_device
     from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.reports import plot_confusion_matrix, plot_per_class_bars
+    from .evaluation.seg_inference import inference_mode
 
     out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/seg/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -67,18 +80,38 @@ def run(args: argparse.Namespace) -> int:
         write_image(pred_dir / name, train_ids_to_label_ids(pred.numpy().astype("uint8")))
 
     device = select_device(args.device)
-    _, metrics = SegmentationTask(spec).evaluate(inference_model(model, device, args.eager), dataset,
-                                                 device=device, workers=args.workers, progress=not args.no_progress,
-                                                 on_prediction=save if args.save_predictions else None)
+    net = inference_model(model, device, args.eager)
+    crop = tuple(args.crop) if args.crop else tuple(data.crop)
+    stride = tuple(args.stride) if args.stride else (max(1, round(crop[0] * 2 / 3)), max(1, round(crop[1] * 2 / 3)))
+    modes: dict[str, dict] = {}
+    metrics = None
+    for i, mode in enumerate(dict.fromkeys(args.mode)):
+        wrapped = inference_mode(net, mode, crop=crop, stride=stride, scales=args.scales, flip=not args.no_flip)
+        t0 = time.perf_counter()
+        _, m = SegmentationTask(spec).evaluate(wrapped, dataset, device=device, workers=args.workers,
+                                               progress=not args.no_progress,
+                                               on_prediction=save if args.save_predictions and i == 0 else None)
+        modes[mode] = {"mIoU": m.miou, "iIoU": m.iiou if m.iiou_per_class is not None else None,
+                       "pixel_acc": m.pixel_acc, "category_mIoU": m.category_miou,
+                       "seconds_per_frame": (time.perf_counter() - t0) / max(len(dataset), 1),
+                       **({"crop": list(crop), "stride": list(stride)} if "slide" in mode else {}),
+                       **({"scales": list(args.scales), "flip": not args.no_flip} if "tta" in mode else {})}
+        metrics = metrics or m  # the reports are the first mode's
+    assert metrics is not None
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.as_dict().items()}
     write_text_atomic(json.dumps(
         {"checkpoint": str(args.checkpoint), "model": spec.model.describe(), "split": dataset.split,
-         "frames": len(dataset), "eval_scale": args.eval_scale or spec.data.eval_scale, **flat}, indent=2),
-        out / "metrics.json")
+         "frames": len(dataset), "eval_scale": args.eval_scale or spec.data.eval_scale, "mode": args.mode[0], **flat,
+         "modes": modes}, indent=2, default=lambda v: None), out / "metrics.json")
     plot_per_class_bars(list(metrics.class_names), list(metrics.iou), out / "per_class_iou.png", "IoU per class")
     plot_confusion_matrix(metrics.confusion, list(metrics.class_names), out / "confusion_matrix.png")
     print(metrics.summary())
+    if len(modes) > 1 or args.mode[0] != "whole":
+        print("\nmode        mIoU    iIoU    pixel acc   s/frame")
+        for mode, r in modes.items():
+            iiou = "   n/a" if r["iIoU"] is None else f"{r['iIoU']:.4f}"
+            print(f"{mode:<10} {r['mIoU']:.4f}  {iiou}  {r['pixel_acc']:.4f}     {r['seconds_per_frame']:.3f}")
     print(f"\nwrote {out}/metrics.json, per_class_iou.png, confusion_matrix.png"
           + (f", {len(dataset)} label PNGs in {pred_dir}" if args.save_predictions else ""))
     return 0

@@ -132,6 +132,27 @@ def test_train_seg_cli_with_two_processes(tmp_path: Path, env) -> None:
 
 
 @pytest.mark.slow
+def test_train_cls_cli_with_two_processes(tmp_path: Path, env) -> None:
+    """``train cls`` under torchrun: both ranks cut the synthetic objects race-free, the sampler shards them,
+    rank 0 evaluates top-1 and writes a checkpoint ``eval cls`` reads."""
+    from mobiledense.tools.engine.tasks import load_trained_model
+
+    args = ["-m", "mobiledense.tools.cli", "train", "cls", "--backbone", "mobilenet_v3_small",
+            "--synthetic-images", "16", "--size", "32", "32", "--epochs", "1", "--batch-size", "4",
+            "--eval-every", "1", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path)]
+    proc, _ = _torchrun(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    _, spec = load_trained_model(tmp_path / "checkpoints" / "last.pt", "cls")
+    train_images = sum(1 for p in Path(spec.data.train).rglob("*.png"))
+    assert state["step"] == -(-train_images // 8) or state["step"] == train_images // 8  # 2 ranks x 4 per step
+    assert spec.recipe.world_size == 2 and spec.model.num_classes == 6
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and "top1" in rows[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthetic")]
+
+
+@pytest.mark.slow
 def test_multi_node_rendezvous_endpoint(tmp_path: Path, env) -> None:
     """The multi-node launch of the README (``--nnodes --rdzv-backend c10d --rdzv-endpoint``), here as
     2 "nodes" of 1 process each on this machine, both joining one c10d rendezvous."""

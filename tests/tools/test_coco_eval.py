@@ -177,3 +177,44 @@ def test_detections_to_coco_results_format():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert detections_to_coco_results([], [], {1: 1}) == []
+
+
+def test_eval_det_scores_any_results_file_with_its_reports(coco_eval_fixture: Path, tmp_path: Path, capsys):
+    """``eval det --results FILE --ann ANN``: the reference numbers exactly, plus PR, per-class and size PNGs."""
+    import cv2
+
+    from mobiledense.tools.cli import main
+    from mobiledense.tools.evaluation.reports import class_pr_curves
+
+    gt, dets, expected = _fixture_files(coco_eval_fixture, "bbox")
+    out = tmp_path / "eval"
+    assert main(["eval", "det", "--results", str(dets), "--ann", str(gt), "--backend", "pycocotools",
+                 "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["stats"].values()) == expected  # bit-exact: any toolkit's results, our report
+    assert "AP50" in capsys.readouterr().out
+    for name in ("pr_curves.png", "per_class_pr.png", "per_class_ap.png", "size_breakdown.png"):
+        img = cv2.imread(str(out / name))
+        assert img is not None and img.shape[0] > 300 and img.std() > 10, name
+    result = evaluate_coco(gt, dets, "bbox", backend="pycocotools")
+    gt_json = json.loads(Path(gt).read_text())
+    areas = [a["area"] for a in gt_json["annotations"] if not a["iscrowd"]]
+    assert result.extras["gt_per_area"] == {"small": sum(a < 32 ** 2 for a in areas),
+                                            "medium": sum(32 ** 2 <= a < 96 ** 2 for a in areas),
+                                            "large": sum(a >= 96 ** 2 for a in areas)}
+    for k, c in enumerate(result.per_class):  # each panel's curves average to the class's AP and AP50
+        if c.num_gt:
+            curves = class_pr_curves(result, k)
+            assert curves["0.50:0.95"].mean() == pytest.approx(c.ap) and curves["0.50"].mean() == pytest.approx(c.ap50)
+    segm_gt, segm_dets, segm_expected = _fixture_files(coco_eval_fixture, "segm")
+    assert main(["eval", "det", "--results", str(segm_dets), "--ann", str(segm_gt), "--iou-type", "segm",
+                 "--backend", "pycocotools", "--output-dir", str(tmp_path / "segm")]) == 0
+    assert list(json.loads((tmp_path / "segm" / "metrics.json").read_text())["stats"].values()) == segm_expected
+    assert main(["eval", "det", "--results", str(dets), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--results needs --ann" in capsys.readouterr().err
+    bad = json.loads(Path(dets).read_text())
+    bad[0]["image_id"] = 999999999
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["eval", "det", "--results", str(tmp_path / "bad.json"), "--ann", str(gt), "--output-dir",
+                 str(tmp_path / "y")]) == 2
+    assert "999999999" in capsys.readouterr().err

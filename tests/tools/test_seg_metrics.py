@@ -49,10 +49,13 @@ def png_pairs(cityscapes_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     for split_city, frame in SMALL + [FULL]:
         src = cityscapes_dir / "gtFine" / split_city / f"{frame}_gtFine_labelIds.png"
         gt = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
-        if (split_city, frame) != FULL:
+        if (split_city, frame) != FULL:  # downscaled with its instanceIds (16 bit) beside it
+            inst = cv2.imread(str(src).replace("labelIds", "instanceIds"), cv2.IMREAD_UNCHANGED)
             gt = cv2.resize(gt, (512, 256), interpolation=cv2.INTER_NEAREST)
             src = out / f"{frame}_gtFine_labelIds.png"
             cv2.imwrite(str(src), gt)
+            cv2.imwrite(str(src).replace("labelIds", "instanceIds"),
+                        cv2.resize(inst, (512, 256), interpolation=cv2.INTER_NEAREST))
         pred_path = out / f"{frame}_pred_labelIds.png"
         cv2.imwrite(str(pred_path), _perturb(gt, rng))
         gts.append(src)
@@ -62,15 +65,22 @@ def png_pairs(cityscapes_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def reference(png_pairs):
-    """cityscapesScripts' evaluateImgLists on the same files."""
+    """cityscapesScripts' evaluateImgLists on the same files, instance-level scores included."""
     ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
     gts, preds = png_pairs
     args = copy.copy(ev.args)
-    args.evalInstLevelScore = False  # iIoU is not reproduced (documented)
+    args.evalInstLevelScore = True
     args.evalPixelAccuracy = False
     args.quiet = True
     args.JSONOutput = False
-    return ev.evaluateImgLists([str(p) for p in preds], [str(g) for g in gts], args)
+    restore = not hasattr(np, "in1d")
+    if restore:  # the installed cityscapesScripts calls np.in1d, which NumPy 2.4 removed: for this run only
+        np.in1d = lambda a, b, invert=False: np.isin(np.ravel(a), b, invert=invert)
+    try:
+        return ev.evaluateImgLists([str(p) for p in preds], [str(g) for g in gts], args)
+    finally:
+        if restore:
+            del np.in1d
 
 
 def _same(a: float, b: float) -> bool:
@@ -99,6 +109,24 @@ def test_matches_cityscapesscripts_exactly(png_pairs, reference):
     assert 0.3 < ours.miou < 0.95
 
 
+def test_iiou_matches_cityscapesscripts_exactly(png_pairs, reference):
+    """Instance-level IoU on the real instanceIds (3 frames at 512x256, one at 2048x1024)."""
+    ours = evaluate_label_pngs(*png_pairs)
+    inst_classes = [n for n, v in reference["classInstScores"].items() if not math.isnan(v)]
+    assert set(inst_classes) <= {"person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
+    assert len(inst_classes) >= 3  # the frames have people, cars, bicycles ...
+    flat = ours.as_dict()
+    for name in ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"):
+        assert _same(flat[f"iIoU/{name}"], reference["classInstScores"][name]), name
+    assert ours.iiou == reference["averageScoreInstClasses"]
+    for cat in ("human", "vehicle"):
+        assert ours.category_iiou[cat] == reference["categoryInstScores"][cat], cat
+    assert ours.category_miiou == reference["averageScoreInstCategories"]
+    assert 0.2 < ours.iiou < ours.miou + 0.3
+    none = evaluate_label_pngs(*png_pairs, instances=None)  # asked without: no iIoU, the rest unchanged
+    assert none.iiou_per_class is None and "iIoU" not in none.as_dict() and none.miou == ours.miou
+
+
 def test_train_id_paths_agree(png_pairs, reference, tmp_path):
     gts, preds = png_pairs
     train_gts, train_preds = [], []
@@ -107,10 +135,10 @@ def test_train_id_paths_agree(png_pairs, reference, tmp_path):
             dst = tmp_path / f"{i}_{tag}_trainIds.png"
             cv2.imwrite(str(dst), LABEL_ID_TO_TRAIN_ID[cv2.imread(str(src), cv2.IMREAD_UNCHANGED)])
             dst_list.append(dst)
-    base = evaluate_label_pngs(gts, preds)
+    base = evaluate_label_pngs(gts, preds, instances=None)
     for kwargs in ({"gt_files": gts, "pred_files": train_preds, "pred_ids": "train"},
                    {"gt_files": train_gts, "pred_files": train_preds, "gt_ids": "train", "pred_ids": "train"}):
-        other = evaluate_label_pngs(**kwargs)
+        other = evaluate_label_pngs(**kwargs, instances=None)
         np.testing.assert_array_equal(other.confusion, base.confusion)
         assert other.as_dict() == pytest.approx(base.as_dict(), nan_ok=True, abs=0)
     assert base.miou == reference["averageScoreClasses"]

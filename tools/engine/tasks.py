@@ -221,12 +221,13 @@ class SegmentationTask:
 
     def evaluate(self, model: nn.Module, dataset: Any, *, device: torch.device | str = "cpu", workers: int = 0,
                  progress: bool = True, on_prediction: Any = None, **_: Any) -> tuple[dict, Any]:
-        """``({"mIoU", "pixel_acc"}, SegMetrics)``."""
+        """``({"mIoU", "pixel_acc"[, "iIoU"]}, SegMetrics)``: iIoU where the frames have instanceIds."""
         from mobiledense.tools.evaluation import evaluate_segmenter
 
         m = evaluate_segmenter(model, dataset, device=device, workers=workers, progress=progress,
                                on_prediction=on_prediction)
-        return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc)}, m
+        extra = {"iIoU": float(m.iiou)} if m.iiou_per_class is not None else {}
+        return {"mIoU": float(m.miou), "pixel_acc": float(m.pixel_acc), **extra}, m
 
     def preview(self, model: nn.Module, dataset: Any, count: int = 2, alpha: float = 0.5) -> list[np.ndarray]:
         """The first ``count`` evaluation frames with the predicted classes blended over them, outlined,

@@ -13,8 +13,12 @@ cityscapesScripts' ``evaluation/evalPixelLevelSemanticLabeling.py``:
 * a class with TP + FP + FN = 0 (absent from ground truth and prediction) has
   IoU NaN and is left out of the mean.
 
-Not implemented: the instance-weighted iIoU / niIoU (needs instanceIds and
-cityscapesScripts' average class sizes). Pixel accuracy is computed from the
+Instance-level IoU (iIoU, §3.2) where ``*_gtFine_instanceIds.png`` are given
+(:class:`InstanceStats`): each ground-truth instance of the 8 instance classes
+weighs its true-positive and false-negative pixels by ``avgClassSize / size``
+(cityscapesScripts' average class sizes), so large and small objects count
+alike; false positives are not weighted. Category iIoU uses the categories whose
+labels all have instances (human, vehicle). Pixel accuracy is computed from the
 confusion matrix (cityscapesScripts' optional per-image pixel-accuracy export
 counts ignored and wrong pixels instead, so it is not used).
 """
@@ -35,11 +39,27 @@ from mobiledense.datasets.cityscapes_labels import (
     CATEGORY_TRAIN_IDS,
     CLASS_NAMES,
     IGNORE_INDEX,
+    LABEL_ID_TO_TRAIN_ID,
+    LABELS,
     NUM_CLASSES,
     label_ids_to_train_ids,
 )
 
-__all__ = ["SegConfusion", "SegMetrics", "metrics_from_confusion", "evaluate_label_pngs", "read_label_png"]
+__all__ = ["SegConfusion", "SegMetrics", "InstanceStats", "metrics_from_confusion", "evaluate_label_pngs",
+           "read_label_png", "instance_file", "AVG_CLASS_SIZE"]
+
+#: cityscapesScripts' average instance size (pixels at 2048x1024) per class, the iIoU weights.
+AVG_CLASS_SIZE = {"bicycle": 4672.3249222261, "caravan": 36771.8241758242, "motorcycle": 6298.7200839748,
+                  "rider": 3930.4788056518, "bus": 35732.1511111111, "train": 67583.7075812274,
+                  "car": 12794.0202738185, "person": 3462.4756337644, "truck": 27855.1264367816,
+                  "trailer": 16926.9763313609}
+#: trainIds of the evaluated classes with instances (person, rider, car, truck, bus, train, motorcycle, bicycle).
+INSTANCE_TRAIN_IDS = tuple(sorted(lab.train_id for lab in LABELS if lab.has_instances and not lab.ignore_in_eval))
+#: Categories whose labels all have instances (human, vehicle): trainIds of their evaluated classes.
+INSTANCE_CATEGORIES = {
+    cat: tuple(sorted(lab.train_id for lab in LABELS if lab.category == cat and not lab.ignore_in_eval))
+    for cat in dict.fromkeys(lab.category for lab in LABELS)
+    if all(lab.has_instances for lab in LABELS if lab.category == cat and lab.id >= 0)}
 
 
 def _ordered_nanmean(values: Sequence[float]) -> float:
@@ -71,23 +91,138 @@ class SegMetrics:
     confusion: np.ndarray  # (K, K + 1) int64, rows = GT class, last column = void predictions
     class_names: tuple[str, ...]
     extras: dict[str, float] = field(default_factory=dict)
+    #: Instance-level IoU (needs instanceIds; NaN / empty without): per class (NaN for classes without
+    #: instances), the mean over the instance classes, per instance category and their mean.
+    iiou: float = math.nan
+    iiou_per_class: np.ndarray | None = None
+    category_iiou: dict[str, float] = field(default_factory=dict)
+    category_miiou: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
-        """Flat scalar dict for logs and JSON (``IoU/<class>``, ``catIoU/<category>``)."""
+        """Flat scalar dict for logs and JSON (``IoU/<class>``, ``catIoU/<category>``, ``iIoU/<class>`` ...)."""
         out = {"mIoU": self.miou, "pixel_acc": self.pixel_acc, "mean_acc": self.mean_acc}
         if self.category_iou:
             out["category_mIoU"] = self.category_miou
+        if self.iiou_per_class is not None:
+            out["iIoU"] = self.iiou
+            if self.category_iiou:
+                out["category_iIoU"] = self.category_miiou
         out.update({f"IoU/{n}": float(v) for n, v in zip(self.class_names, self.iou)})
         out.update({f"catIoU/{c}": v for c, v in self.category_iou.items()})
+        if self.iiou_per_class is not None:
+            out.update({f"iIoU/{self.class_names[t]}": float(self.iiou_per_class[t]) for t in INSTANCE_TRAIN_IDS
+                        if t < len(self.class_names)})
+            out.update({f"catiIoU/{c}": v for c, v in self.category_iiou.items()})
         return out
 
     def summary(self) -> str:
-        lines = [f"mIoU {self.miou:.4f}  pixel acc {self.pixel_acc:.4f}  mean acc {self.mean_acc:.4f}"]
-        lines += [f"  {n:<14} {v:.4f}" for n, v in zip(self.class_names, self.iou)]
+        inst = self.iiou_per_class is not None
+        head = f"mIoU {self.miou:.4f}" + (f"  iIoU {self.iiou:.4f}" if inst else "")
+        lines = [f"{head}  pixel acc {self.pixel_acc:.4f}  mean acc {self.mean_acc:.4f}"]
+        for t, (n, v) in enumerate(zip(self.class_names, self.iou)):
+            extra = f"  iIoU {self.iiou_per_class[t]:.4f}" if inst and t in INSTANCE_TRAIN_IDS else ""
+            lines.append(f"  {n:<14} {v:.4f}{extra}")
         if self.category_iou:
-            lines.append(f"category mIoU {self.category_miou:.4f}")
-            lines += [f"  {c:<14} {v:.4f}" for c, v in self.category_iou.items()]
+            lines.append(f"category mIoU {self.category_miou:.4f}"
+                         + (f"  category iIoU {self.category_miiou:.4f}" if inst and self.category_iiou else ""))
+            for c, v in self.category_iou.items():
+                extra = f"  iIoU {self.category_iiou[c]:.4f}" if inst and c in self.category_iiou else ""
+                lines.append(f"  {c:<14} {v:.4f}{extra}")
         return "\n".join(lines)
+
+
+class InstanceStats:
+    """Weighted per-instance true positives / false negatives for Cityscapes' iIoU (cityscapesScripts'
+    ``evaluatePair`` instance part). Accumulated in its order (instances by id, images in turn), so the
+    floats equal its sums exactly."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.tp = np.zeros(self.num_classes, np.float64)
+        self.fn = np.zeros(self.num_classes, np.float64)
+        self.cat_tp = {c: 0.0 for c in INSTANCE_CATEGORIES}
+        self.cat_fn = {c: 0.0 for c in INSTANCE_CATEGORIES}
+        self.images = 0
+        self.missing = 0  # frames scored without instanceIds: then the set has no iIoU
+
+    def update(self, pred: np.ndarray | Tensor, instances: np.ndarray | Tensor) -> None:
+        """``pred``: (H, W) trainIds (anything outside 0..K-1 is void); ``instances``: (H, W) instanceIds
+        (``labelId * 1000 + k`` for instances, the labelId for stuff)."""
+        pred = np.asarray(pred.cpu() if isinstance(pred, Tensor) else pred).astype(np.int64)
+        inst = np.asarray(instances.cpu() if isinstance(instances, Tensor) else instances).astype(np.int64)
+        if pred.shape != inst.shape:
+            raise ValueError(f"prediction {pred.shape} and instanceIds {inst.shape} differ in size")
+        self.images += 1
+        keep = inst > 1000
+        ids, p = inst[keep], pred[keep]
+        if not ids.size:
+            return
+        uniq, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
+        label_ids = uniq // 1000
+        train_ids = LABEL_ID_TO_TRAIN_ID[np.clip(label_ids, 0, 255)].astype(np.int64)
+        tps = np.bincount(inverse, weights=(p == train_ids[inverse]), minlength=len(uniq))
+        cat_of = np.full(256, -1, np.int64)
+        names = list(INSTANCE_CATEGORIES)
+        for i, c in enumerate(names):
+            cat_of[list(INSTANCE_CATEGORIES[c])] = i
+        p_cat = cat_of[np.clip(p, 0, 255)]
+        p_cat[(p < 0) | (p > 255)] = -1
+        name_of = {lab.id: lab for lab in LABELS}
+        inst_cat = np.array([names.index(name_of[int(i)].category) if int(i) in name_of
+                             and name_of[int(i)].category in INSTANCE_CATEGORIES else -1 for i in label_ids])
+        cat_tps = np.bincount(inverse, weights=(p_cat == inst_cat[inverse]) & (inst_cat[inverse] >= 0),
+                              minlength=len(uniq))
+        for j, label_id in enumerate(label_ids):
+            lab = name_of.get(int(label_id))
+            if lab is None or lab.ignore_in_eval or not lab.has_instances:
+                continue
+            size, tp = int(sizes[j]), int(tps[j])
+            weight = AVG_CLASS_SIZE[lab.name] / float(size)
+            self.tp[lab.train_id] += float(tp) * weight
+            self.fn[lab.train_id] += float(size - tp) * weight
+            if lab.category in INSTANCE_CATEGORIES:
+                cat_tp = int(cat_tps[j])
+                self.cat_tp[lab.category] += float(cat_tp) * weight
+                self.cat_fn[lab.category] += float(size - cat_tp) * weight
+
+    def state(self) -> np.ndarray:
+        """Every sum as one float64 vector (for a DDP all-reduce) and back with :meth:`load_state`."""
+        return np.concatenate([self.tp, self.fn, list(self.cat_tp.values()), list(self.cat_fn.values()),
+                               [self.images, self.missing]])
+
+    def load_state(self, v: np.ndarray) -> None:
+        k, c = self.num_classes, len(INSTANCE_CATEGORIES)
+        self.tp, self.fn = v[:k].copy(), v[k:2 * k].copy()
+        self.cat_tp = dict(zip(INSTANCE_CATEGORIES, map(float, v[2 * k:2 * k + c])))
+        self.cat_fn = dict(zip(INSTANCE_CATEGORIES, map(float, v[2 * k + c:2 * k + 2 * c])))
+        self.images, self.missing = int(v[-2]), int(v[-1])
+
+    def apply(self, metrics: SegMetrics) -> SegMetrics:
+        """``metrics`` with its iIoU fields filled from these sums and its confusion matrix's false positives."""
+        if not self.images or self.missing:
+            return metrics
+        conf = metrics.confusion
+        k = conf.shape[0]
+        iiou = np.full(k, math.nan)
+        for t in INSTANCE_TRAIN_IDS:
+            if t >= k:
+                continue
+            fp = float(conf[:, t].sum() - conf[t, t])  # non-ignored GT of other classes predicted as t
+            den = self.tp[t] + fp + self.fn[t]
+            iiou[t] = self.tp[t] / den if den > 0 else math.nan
+        cat = {}
+        for c, ids in INSTANCE_CATEGORIES.items():
+            inside = np.zeros(k, bool)
+            inside[[i for i in ids if i < k]] = True
+            fp = float(conf[np.ix_(~inside, np.r_[inside, False])].sum())
+            den = self.cat_tp[c] + fp + self.cat_fn[c]
+            cat[c] = self.cat_tp[c] / den if den > 0 else math.nan
+        metrics.iiou_per_class, metrics.iiou = iiou, _ordered_nanmean(iiou)
+        metrics.category_iiou, metrics.category_miiou = cat, _ordered_nanmean(list(cat.values()))
+        return metrics
 
 
 def metrics_from_confusion(
@@ -159,11 +294,15 @@ class SegConfusion:
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64)
+        self.instances = InstanceStats(self.num_classes)
 
     @torch.no_grad()
-    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> None:
+    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray,
+               instances: Tensor | np.ndarray | None = None) -> None:
         """Add a batch. ``pred``: labels (N, H, W) / (H, W), or logits with a class dim before H, W;
-        values outside [0, K) count as void predictions. ``target``: labels with ``ignore_index``."""
+        values outside [0, K) count as void predictions. ``target``: labels with ``ignore_index``.
+        ``instances``: the frames' instanceIds (same shape as ``target``) for iIoU; iIoU is reported
+        when every frame had them."""
         pred, target = torch.as_tensor(pred), torch.as_tensor(target)
         if pred.is_floating_point():
             if pred.dim() != target.dim() + 1 or pred.shape[-3] != self.num_classes:
@@ -173,6 +312,7 @@ class SegConfusion:
         if pred.shape != target.shape:
             raise ValueError(f"prediction size {tuple(pred.shape)} != target size {tuple(target.shape)}; "
                              f"upsample logits to the label size before argmax")
+        full_pred = pred
         target = target.to(pred.device).long().flatten()
         pred = pred.long().flatten()
         keep = target != self.ignore_index
@@ -181,6 +321,14 @@ class SegConfusion:
         if target.numel() and (target.min() < 0 or target.max() >= k):
             bad = torch.unique(target[(target < 0) | (target >= k)])[:10].tolist()
             raise ValueError(f"target holds values {bad} outside [0, {k}) and != ignore_index {self.ignore_index}")
+        if instances is not None:
+            inst = torch.as_tensor(instances)
+            if inst.shape != full_pred.shape:
+                raise ValueError(f"instanceIds {tuple(inst.shape)} != target size {tuple(full_pred.shape)}")
+            for p_img, i_img in zip(full_pred.reshape(-1, *full_pred.shape[-2:]), inst.reshape(-1, *inst.shape[-2:])):
+                self.instances.update(p_img.cpu().numpy(), i_img.cpu().numpy())
+        else:
+            self.instances.missing += int(full_pred.numel() // max(full_pred.shape[-2] * full_pred.shape[-1], 1))
         pred = torch.where((pred >= 0) & (pred < k), pred, k)  # void column
         counts = torch.bincount(target * (k + 1) + pred, minlength=k * (k + 1)).view(k, k + 1)
         if self.confusion.device != counts.device:
@@ -198,9 +346,15 @@ class SegConfusion:
             conf = conf.cuda()
         dist.all_reduce(conf, op=dist.ReduceOp.SUM)
         self.confusion = conf.to(self.confusion.device)
+        inst = torch.from_numpy(self.instances.state()).to(conf.device)
+        dist.all_reduce(inst, op=dist.ReduceOp.SUM)
+        self.instances.load_state(inst.cpu().numpy())
 
     def compute(self) -> SegMetrics:
-        return metrics_from_confusion(self.confusion, self.class_names, self.categories)
+        m = metrics_from_confusion(self.confusion, self.class_names, self.categories)
+        if self.num_classes == NUM_CLASSES:
+            self.instances.apply(m)
+        return m
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -227,11 +381,22 @@ def _to_train_ids(arr: np.ndarray, ids: str, path: Path) -> np.ndarray:
     return arr
 
 
+def instance_file(label_file: str | Path) -> Path | None:
+    """The ``*_instanceIds.png`` beside a ``*_labelIds.png`` / ``*_labelTrainIds.png`` (None if absent)."""
+    p = Path(label_file)
+    for tag in ("_labelTrainIds", "_labelIds"):
+        if tag in p.name:
+            cand = p.with_name(p.name.replace(tag, "_instanceIds"))
+            return cand if cand.is_file() else None
+    return None
+
+
 def evaluate_label_pngs(
     gt_files: Sequence[str | Path],
     pred_files: Sequence[str | Path],
     gt_ids: str = "label",
     pred_ids: str = "label",
+    instances: str | Sequence[str | Path] | None = "auto",
 ) -> SegMetrics:
     """Cityscapes evaluation of label PNG pairs, as cityscapesScripts' ``evaluateImgLists``.
 
@@ -239,18 +404,32 @@ def evaluate_label_pngs(
         gt_files: ``*_gtFine_labelIds.png`` (``gt_ids="label"``) or ``*_labelTrainIds.png`` (``"train"``).
         pred_files: predictions in label ids (official submission format, ``pred_ids="label"``) or in
             trainIds 0..18 / 255 (``"train"``); paired with ``gt_files`` by position.
+        instances: ``"auto"``: the ``*_instanceIds.png`` beside each ground truth, for iIoU when every
+            frame has one (as cityscapesScripts looks them up); a list of files; None: no iIoU.
     """
     for name, ids in (("gt_ids", gt_ids), ("pred_ids", pred_ids)):
         if ids not in ("label", "train"):
             raise ValueError(f"{name} must be 'label' or 'train', got {ids!r}")
     if len(gt_files) != len(pred_files):
         raise ValueError(f"{len(gt_files)} ground-truth files but {len(pred_files)} predictions")
+    if instances == "auto":
+        found = [instance_file(g) for g in gt_files]
+        instances = found if all(f is not None for f in found) else None
+    elif instances is not None and len(instances) != len(gt_files):
+        raise ValueError(f"{len(gt_files)} ground-truth files but {len(instances)} instanceIds files")
     conf = SegConfusion()
-    for gt_path, pred_path in zip(map(Path, gt_files), map(Path, pred_files)):
+    for i, (gt_path, pred_path) in enumerate(zip(map(Path, gt_files), map(Path, pred_files))):
         gt, pred = read_label_png(gt_path), read_label_png(pred_path)
+        inst = None
+        if instances is not None:
+            inst = cv2.imread(str(instances[i]), cv2.IMREAD_UNCHANGED)
+            if inst is None or inst.shape != gt.shape:
+                raise ValueError(f"{instances[i]}: not an instanceIds PNG of {gt_path}'s size "
+                                 f"({'unreadable' if inst is None else inst.shape})")
+            inst = torch.from_numpy(inst.astype(np.int64))
         if gt.shape != pred.shape:
             raise ValueError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
                              f"{gt_path} is {gt.shape[1]}x{gt.shape[0]} (WxH); predict at full label resolution")
         conf.update(torch.from_numpy(_to_train_ids(pred, pred_ids, pred_path).astype(np.int64)),
-                    torch.from_numpy(_to_train_ids(gt, gt_ids, gt_path).astype(np.int64)))
+                    torch.from_numpy(_to_train_ids(gt, gt_ids, gt_path).astype(np.int64)), inst)
     return conf.compute()

@@ -308,8 +308,24 @@ def evaluate_coco(
         seconds=seconds,
         num_images=len(img_ids),
         num_detections=len(dets),
-        extras={"scores": np.asarray(ev["scores"])},
+        extras={"scores": np.asarray(ev["scores"]), "gt_per_area": _gt_per_area(gt, set(img_ids))},
     )
+
+
+#: COCO's area ranges (pixels): small < 32^2 <= medium < 96^2 <= large.
+AREA_RANGES = {"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, 1e10)}
+
+
+def _gt_per_area(gt: dict, img_ids: set[int]) -> dict[str, int]:
+    """Non-crowd ground-truth objects per COCO area range (by their ``area`` field, as COCOeval)."""
+    counts = dict.fromkeys(AREA_RANGES, 0)
+    for a in gt.get("annotations", []):
+        if a.get("iscrowd", 0) or a["image_id"] not in img_ids:
+            continue
+        for name, (lo, hi) in AREA_RANGES.items():
+            if lo <= a.get("area", 0.0) < hi:
+                counts[name] += 1
+    return counts
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -83,13 +83,16 @@ class SegmentationEvaluator(DatasetEvaluator):
     """Cityscapes pixel-level metrics (:class:`SegConfusion`); logits are upsampled to the label first.
 
     ``inputs`` are ``(images, masks)``, ``outputs`` logits; ``on_prediction(index, train_ids)``
-    sees each frame's prediction (e.g. to save PNGs). Distributed: confusions are summed.
+    sees each frame's prediction (e.g. to save PNGs). ``instances(index)`` gives a frame's instanceIds
+    (or None) for Cityscapes' iIoU, reported when every frame has them at the label's size.
+    Distributed: confusions and instance sums are summed.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None,
-                 distributed: bool = False, on_prediction: Callable[[int, Tensor], None] | None = None) -> None:
+                 distributed: bool = False, on_prediction: Callable[[int, Tensor], None] | None = None,
+                 instances: Callable[[int], Any] | None = None) -> None:
         self.conf = SegConfusion(num_classes=num_classes, ignore_index=ignore_index, class_names=class_names)
-        self.distributed, self.on_prediction = distributed, on_prediction
+        self.distributed, self.on_prediction, self.instances = distributed, on_prediction, instances
         self.reset()
 
     def reset(self) -> None:
@@ -102,11 +105,17 @@ class SegmentationEvaluator(DatasetEvaluator):
         if outputs.shape[-2:] != masks.shape[-2:]:
             outputs = F.interpolate(outputs, size=masks.shape[-2:], mode="bilinear", align_corners=False)
         pred = outputs.argmax(1)
-        self.conf.update(pred, masks)
-        if self.on_prediction is not None:
-            for p in pred:
+        if self.instances is None:
+            self.conf.update(pred, masks)
+        for j, p in enumerate(pred):
+            if self.instances is not None:
+                inst = self.instances(self.seen)
+                if inst is not None and tuple(inst.shape) != tuple(masks[j].shape):
+                    inst = None  # labels at another size than the instanceIds: no iIoU for this set
+                self.conf.update(p, masks[j], None if inst is None else torch.from_numpy(inst))
+            if self.on_prediction is not None:
                 self.on_prediction(self.seen, p.cpu())
-                self.seen += 1
+            self.seen += 1
 
     def evaluate(self) -> SegMetrics:
         if _distributed(self.distributed):
@@ -186,7 +195,7 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.devi
     num_classes = getattr(model, "num_classes", None) or dataset.num_classes
     evaluator = SegmentationEvaluator(num_classes, getattr(dataset, "ignore_index", 255),
                                       list(getattr(dataset, "class_names", [])) or None, distributed,
-                                      on_prediction)
+                                      on_prediction, getattr(dataset, "instance_ids", None))
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers)
     return inference_on_dataset(model, loader, evaluator, device=device, progress=progress, desc="segment")

@@ -17,7 +17,9 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from .coco import CocoEvalResult
 
-__all__ = ["pr_curves", "plot_pr_curves", "plot_per_class_bars", "confusion_figure", "plot_confusion_matrix"]
+__all__ = ["pr_curves", "plot_pr_curves", "plot_per_class_bars", "confusion_figure", "plot_confusion_matrix",
+           "class_pr_curves", "per_class_pr_figure", "plot_per_class_pr", "size_breakdown_figure",
+           "plot_size_breakdown"]
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -57,6 +59,85 @@ def plot_pr_curves(result: CocoEvalResult, path: str | Path) -> Path:
     ax.legend(loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def class_pr_curves(result: CocoEvalResult, k: int) -> dict[str, np.ndarray]:
+    """Precision at the 101 recall points of category index ``k`` (area all, maxDets 100): IoU .50 and the
+    mean over .50:.95; their means are the class's AP50 and AP. Recall points it never reaches are 0."""
+    p = result.precision[:, :, k, 0, -1]
+    if (p == -1).all():
+        raise ValueError(f"category {result.category_ids[k]} has no ground truth: no PR curve")
+    p = np.where(p < 0, 0.0, p)
+    t50 = int(np.argmin(np.abs(result.iou_thresholds - 0.5)))
+    return {"0.50": p[t50], "0.50:0.95": p.mean(0)}
+
+
+def per_class_pr_figure(result: CocoEvalResult, max_classes: int = 30, columns: int = 6) -> Figure:
+    """Small multiples: one PR panel per category with ground truth (most objects first, at most
+    ``max_classes``), IoU .50 and .50:.95, titled with the name, its AP and its number of objects."""
+    rows = [(k, c) for k, c in enumerate(result.per_class) if c.num_gt > 0]
+    if not rows:
+        raise ValueError("no category has ground truth: there is no PR curve to plot")
+    rows = sorted(rows, key=lambda kc: (-kc[1].num_gt, kc[1].name))
+    shown, left = rows[:max_classes], len(rows) - max_classes
+    cols = min(columns, len(shown))
+    nrows = -(-len(shown) // cols)
+    fig = Figure(figsize=(2.3 * cols, 2.1 * nrows + 0.6))
+    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
+    for ax, (k, c) in zip(axes.flat, shown):
+        curves = class_pr_curves(result, k)
+        ax.plot(result.recall_thresholds, curves["0.50"], color="#1f77b4", label="IoU .50")
+        ax.plot(result.recall_thresholds, curves["0.50:0.95"], color="#d62728", label="IoU .50:.95")
+        ax.set_title(f"{c.name}  AP {c.ap:.2f}  (n={c.num_gt})", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("precision", fontsize=8)
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    more = f"; {left} more classes in metrics.json" if left > 0 else ""
+    fig.suptitle(f"per-class precision-recall (COCO {result.iou_type}, {result.num_images} images{more})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_pr(result: CocoEvalResult, path: str | Path, max_classes: int = 30) -> Path:
+    """:func:`per_class_pr_figure` as a PNG."""
+    return _save(per_class_pr_figure(result, max_classes), path, dpi=110)
+
+
+def size_breakdown_figure(result: CocoEvalResult) -> Figure:
+    """AP and AR (maxDets 100) per COCO size range (small < 32², medium < 96², large), each bar
+    labelled with its value and the range's number of ground-truth objects (n/a: none in the set)."""
+    s = result.as_dict()
+    counts = result.extras.get("gt_per_area", {})
+    ranges = ("small", "medium", "large")
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    x = np.arange(len(ranges))
+    for j, (kind, colour) in enumerate((("AP", "#1f77b4"), ("AR", "#ff7f0e"))):
+        vals = [s[f"{kind}{r[0]}"] for r in ranges]
+        bars = ax.bar(x + (j - 0.5) * 0.38, [max(v, 0) for v in vals], 0.36, color=colour,
+                      label=f"{kind} @[.50:.95] (all: {s[kind if kind == 'AP' else 'AR100']:.3f})")
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, max(v, 0) + 0.01, "n/a" if v < 0 else f"{v:.3f}", ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_xticks(x, [f"{r}\n({counts.get(r, '?')} objects)" for r in ranges])
+    ax.set(ylim=(0, 1.08), ylabel="score", title=f"COCO {result.iou_type} by object size ({result.num_images} images)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_size_breakdown(result: CocoEvalResult, path: str | Path) -> Path:
+    """:func:`size_breakdown_figure` as a PNG."""
+    return _save(size_breakdown_figure(result), path, dpi=110)
 
 
 def plot_per_class_bars(names: Sequence[str], values: Sequence[float], path: str | Path, title: str) -> Path:

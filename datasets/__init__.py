@@ -27,3 +27,12 @@ from .classification import (
     load_cifar_batch,
     write_cifar_batch,
 )
+from .voc_yolo import (
+    VOC_CLASSES,
+    AnnotationFormatError,
+    read_class_names,
+    voc_to_coco,
+    write_coco_json,
+    yolo_to_coco,
+)
+from .seg_folder import SegFolder, SegFolderFrame, read_seg_classes

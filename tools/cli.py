@@ -38,6 +38,7 @@ COMMANDS: dict[str, dict[str | None, tuple[str, str]]] = {
     "backbones": {None: ("list_backbones", "list registered backbones with params and MAdds")},
     "weights": {None: ("weights", "list / download the named pretrained weights (torchvision, timm)")},
     "compare": {None: ("compare", "train/evaluate backbones x heads under one recipe; table + Pareto plots")},
+    "convert": {None: ("convert", "VOC XML / YOLO txt detection data -> COCO json")},
     "synth": {
         "det": ("synth_det", "write a synthetic COCO-format detection dataset"),
         "seg": ("synth_seg", "write a synthetic Cityscapes-layout segmentation dataset"),

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tta resize factors of the eval frame (default: MMSegmentation's)")
     parser.add_argument("--no-flip", action="store_true", help="tta without the mirrored passes")
     parser.add_argument("--save-predictions", action="store_true",
-                        help="write labelId PNGs (official submission format) to OUTPUT/predictions/")
+                        help="write labelId PNGs (official submission format; --layout folder runs: class-index "
+                             "PNGs named as the masks) to OUTPUT/predictions/")
     parser.add_argument("--output-dir", help="default: eval/ beside the checkpoint's run (runs/seg/eval)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-progress", action="store_true")
@@ -76,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         pred_dir.mkdir(parents=True, exist_ok=True)
 
     def save(i: int, pred) -> None:  # noqa: ANN001
+        if data.layout == "folder":  # class-index PNGs named as the masks
+            path = pred_dir / f"{dataset.frames[i].stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_image(path, pred.numpy().astype("uint8"))
+            return
         name = f"{dataset.frames[i].stem}_leftImg8bit.png"
         write_image(pred_dir / name, train_ids_to_label_ids(pred.numpy().astype("uint8")))
 

@@ -36,7 +36,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(size=160), "data": dict(augment="ssdlite", synthetic_images=300)},
 }
 
-_DATA_FLAGS = ("train_images", "train_ann", "val_images", "val_ann", "synthetic_images", "label_mapping", "augment")
+_DATA_FLAGS = ("layout", "root", "train_split", "val_split", "names", "train_images", "train_ann", "val_images",
+               "val_ann", "synthetic_images", "label_mapping", "augment")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

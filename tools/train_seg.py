@@ -44,7 +44,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data (default: a synthetic Cityscapes-layout set)")
-    data.add_argument("--data-root", help="Cityscapes root holding leftImg8bit/ and gtFine/")
+    data.add_argument("--data-root", help="Cityscapes root holding leftImg8bit/ and gtFine/ (--layout folder: the "
+                                          "folder with images/<split>/, masks/<split>/, classes.json)")
+    data.add_argument("--layout", choices=("cityscapes", "folder"),
+                      help="cityscapes (default) or a generic folder of images + index/palette masks (SegFolder)")
+    data.add_argument("--classes", help="--layout folder: class list json (default DATA_ROOT/classes.json)")
+    data.add_argument("--mask-format", choices=("auto", "index", "color"),
+                      help="--layout folder: masks hold class indices or palette colours (default auto)")
     data.add_argument("--train-split", help="default train")
     data.add_argument("--val-split", help="split evaluated during training (default val; 'none': no evaluation)")
     data.add_argument("--synthetic-frames", type=int, help="train frames of the synthetic set (no --data-root)")
@@ -87,7 +93,8 @@ def build_spec(args: argparse.Namespace) -> Any:
     recipe = TrainConfig.parse(**{**preset["recipe"], **given(args, TrainConfig)})
     flags = {"root": args.data_root, "train_split": args.train_split, "synthetic_frames": args.synthetic_frames,
              "crop": args.crop, "base_size": args.base_size, "scale_range": args.scale_range,
-             "eval_scale": args.eval_scale}
+             "eval_scale": args.eval_scale, "layout": args.layout, "classes": args.classes,
+             "mask_format": args.mask_format}
     data = {**preset["data"], **{k: v for k, v in flags.items() if v is not None}}
     if args.val_split is not None:
         data["val_split"] = None if args.val_split == "none" else args.val_split

@@ -34,6 +34,17 @@ class CocoDataSpec(Spec):
     what: ClassVar[str] = "data spec"
 
     format: Literal["coco"] = "coco"
+    layout: Literal["coco", "voc", "yolo"] = Field(
+        "coco", description="coco: the jsons below; voc / yolo: a Pascal VOC or YOLO tree at --root, converted "
+                            "to COCO jsons in the run folder when the run starts")
+    root: str | None = Field(None, description="voc: the folder with Annotations/ and JPEGImages/; yolo: the folder "
+                                               "with images/<split>/ and labels/<split>/")
+    train_split: str | None = Field(None, description="voc / yolo: training split (default train; voc: "
+                                                      "ImageSets/Main/<split>.txt)")
+    val_split: str | None = Field(None, description="voc / yolo: evaluated split (default val; none: no evaluation)")
+    names: str | None = Field(None, description="voc / yolo: class list file (data.yaml, classes.txt, json) or "
+                                                "comma-separated names (default: voc the sorted names of every "
+                                                "XML, yolo the root's data.yaml / classes.txt)")
     train_images: str | None = Field(None, description="folder the train json's file_name entries are relative to")
     train_ann: str | None = Field(None, description="COCO-format train annotations json")
     val_images: str | None = Field(None, description="folder of the val images")
@@ -46,6 +57,11 @@ class CocoDataSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "CocoDataSpec":
+        if self.layout == "coco" and (self.root or self.train_split or self.val_split or self.names):
+            raise ValueError("root / train_split / val_split / names are for layout voc or yolo (coco data: "
+                             "train_images + train_ann)")
+        if self.layout != "coco" and self.root is None:
+            raise ValueError(f"layout {self.layout} needs root (--root DIR: the {self.layout.upper()} tree)")
         if self.train_ann is not None and self.train_images is None:
             raise ValueError("train_ann needs train_images (the folder its file_name entries are in)")
         if self.train_ann is None and (self.train_images or self.val_images or self.val_ann):
@@ -65,7 +81,14 @@ class CityscapesDataSpec(Spec):
     what: ClassVar[str] = "data spec"
 
     format: Literal["cityscapes"] = "cityscapes"
-    root: str | None = Field(None, description="Cityscapes root holding leftImg8bit/ and gtFine/")
+    layout: Literal["cityscapes", "folder"] = Field(
+        "cityscapes", description="cityscapes: leftImg8bit/ + gtFine/; folder: images/<split>/ + masks/<split>/ "
+                                  "with a classes.json (SegFolder)")
+    root: str | None = Field(None, description="Cityscapes root holding leftImg8bit/ and gtFine/ (layout folder: "
+                                               "the folder with images/, masks/, classes.json)")
+    classes: str | None = Field(None, description="layout folder: the class list json (default ROOT/classes.json)")
+    mask_format: Literal["auto", "index", "color"] = Field(
+        "auto", description="layout folder: masks as class indices or palette colours (auto: by the PNG's mode)")
     train_split: str = "train"
     val_split: str | None = Field("val", description="split evaluated during training (None: no evaluation)")
     synthetic_frames: int | None = Field(None, ge=1, description="train frames of the generated synthetic set")
@@ -76,6 +99,11 @@ class CityscapesDataSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "CityscapesDataSpec":
+        if self.layout == "folder" and self.root is None:
+            raise ValueError("layout folder needs root (--data-root DIR with images/<split>/, masks/<split>/ and "
+                             "classes.json)")
+        if self.layout == "cityscapes" and (self.classes or self.mask_format != "auto"):
+            raise ValueError("classes / mask_format are for layout folder (Cityscapes has its own 19 classes)")
         if min(self.crop) < 32:
             raise ValueError(f"crop must be at least 32 x 32, got {self.crop}")
         if self.base_size is not None and min(self.base_size) < 32:

@@ -59,7 +59,10 @@ class DetectionTask:
 
     @staticmethod
     def prepare(data: CocoDataSpec, synthetic_root: Path) -> CocoDataSpec:
-        """Absolute paths; without a train json, the synthetic shapes written (once) to ``synthetic_root``."""
+        """Absolute paths; without a train json, the synthetic shapes written (once) to ``synthetic_root``;
+        a VOC / YOLO tree converted to COCO jsons beside it (``<run>/data/<layout>_<split>.json``)."""
+        if data.layout != "coco":
+            return DetectionTask._convert(data, synthetic_root.parent / "data")
         if data.train_ann is not None:
             return data.replace(train_images=_abs(data.train_images), train_ann=_abs(data.train_ann),
                                 val_images=_abs(data.val_images), val_ann=_abs(data.val_ann))
@@ -75,6 +78,33 @@ class DetectionTask:
                             train_ann=str(root / "annotations" / "instances_train.json"),
                             val_images=str(root / "images" / "val"),
                             val_ann=str(root / "annotations" / "instances_val.json"))
+
+    @staticmethod
+    def _convert(data: CocoDataSpec, folder: Path) -> CocoDataSpec:
+        """The VOC / YOLO splits as COCO jsons in ``folder`` (written again each start: the same bytes for
+        the same tree), one class list for both splits; the spec keeps the tree and gains the jsons."""
+        from mobiledense.datasets.voc_yolo import read_class_names, voc_to_coco, write_coco_json, yolo_to_coco
+
+        root = _abs(data.root)
+        train_split, val_split = data.train_split or "train", data.val_split or "val"
+        names = None
+        if data.names:
+            names = read_class_names(_abs(data.names) if Path(data.names).is_file() else data.names.split(","))
+
+        def convert(split: str) -> tuple[str, str]:
+            d = (voc_to_coco(root, split, classes=names) if data.layout == "voc"
+                 else yolo_to_coco(root, split, names=names))
+            path = write_coco_json(d, folder / f"{data.layout}_{split}.json")
+            return str(d["info"]["images_root"]), str(path)
+
+        folder.mkdir(parents=True, exist_ok=True)
+        train_images, train_ann = convert(train_split)
+        val_images = val_ann = None
+        if val_split != "none":
+            val_images, val_ann = convert(val_split)
+        log.info("%s tree %s -> %s", data.layout, root, folder)
+        return data.replace(root=root, train_split=train_split, val_split=val_split, train_images=train_images,
+                            train_ann=train_ann, val_images=val_images, val_ann=val_ann)
 
     def train_set(self) -> Any:
         from mobiledense.datasets import CocoDetection, build_det_transforms
@@ -172,7 +202,7 @@ class SegmentationTask:
     def prepare(data: CityscapesDataSpec, synthetic_root: Path) -> CityscapesDataSpec:
         """Absolute root; without one, the synthetic streets written (once) to ``synthetic_root``."""
         if data.root is not None:
-            return data.replace(root=_abs(data.root))
+            return data.replace(root=_abs(data.root), classes=_abs(data.classes) if data.classes else None)
         from mobiledense.datasets.io import materialize_once
         from mobiledense.datasets.synthetic_seg import make_synthetic_cityscapes
 
@@ -186,16 +216,26 @@ class SegmentationTask:
         return data.replace(root=str(root), synthetic_frames=n)
 
     def train_set(self) -> Any:
-        from mobiledense.datasets import CityscapesSegmentation, build_seg_transforms
+        from mobiledense.datasets import build_seg_transforms
 
         d = self.data
         tf = build_seg_transforms(True, crop_size=d.crop, base_size=d.base_size or d.crop, scale_range=d.scale_range)
-        return CityscapesSegmentation(d.root, d.train_split, transforms=tf)
+        return self._dataset(d.root, d.train_split, tf)
+
+    def _dataset(self, root: str, split: str, tf: Any) -> Any:
+        """The layout's dataset class: :class:`CityscapesSegmentation` or :class:`SegFolder`."""
+        from mobiledense.datasets import CityscapesSegmentation
+
+        if self.data.layout == "folder":
+            from mobiledense.datasets.seg_folder import SegFolder
+
+            return SegFolder(root, split, transforms=tf, classes=self.data.classes, mask_format=self.data.mask_format)
+        return CityscapesSegmentation(root, split, transforms=tf)
 
     def val_set(self, root: str | None = None, split: str | None = None, base_size: Any = None,
                 eval_scale: float | None = None) -> Any:
         """The evaluation set at the run's resolution (``base_size``, ``eval_scale``), or the overrides given."""
-        from mobiledense.datasets import CityscapesSegmentation, build_seg_transforms
+        from mobiledense.datasets import build_seg_transforms
 
         d = self.data
         split = split or d.val_split
@@ -203,7 +243,7 @@ class SegmentationTask:
             return None
         base = tuple(base_size) if base_size else (d.base_size or d.crop)
         tf = build_seg_transforms(False, base_size=base, eval_scale=eval_scale or d.eval_scale)
-        return CityscapesSegmentation(root or d.root, split, transforms=tf)
+        return self._dataset(root or d.root, split, tf)
 
     @staticmethod
     def class_info(dataset: Any) -> dict[str, Any]:

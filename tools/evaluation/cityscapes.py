@@ -289,6 +289,7 @@ class SegConfusion:
             CLASS_NAMES if cityscapes else tuple(str(i) for i in range(num_classes)))
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={num_classes}")
+        cityscapes = cityscapes and self.class_names == CLASS_NAMES  # 19 classes of another dataset: no categories
         self.categories = dict(categories) if categories is not None else (CATEGORY_TRAIN_IDS if cityscapes else {})
         self.reset()
 

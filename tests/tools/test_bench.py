@@ -57,6 +57,17 @@ def test_smoke_rows_cover_the_issue(smoke) -> None:
     assert md.startswith("Machine:") and "| section | name |" in md
 
 
+def test_smoke_video_row_is_end_to_end_against_model_only(smoke) -> None:
+    _, doc, _ = smoke
+    (row,) = doc["sections"]["video"]["rows"]
+    info = row["info"]
+    assert row["batch"] == info["frames"] == 8 and info["input"] == [320, 320] and "ssdlite320" in row["name"]
+    assert row["check"]["passed"] and row["check"]["detections"] > 0  # the pipeline's boxes = the model's
+    assert row["speedup"] == pytest.approx(info["ratio"]) and info["target"] == 0.9
+    assert info["meets_target"] == (info["ratio"] >= 0.9)  # reported, not asserted: timings vary by machine
+    assert set(info["stage_ms_per_frame"]) == {"decode", "model", "draw", "write"}
+
+
 def test_missing_coco_images_skip_the_data_section(tmp_path) -> None:
     out = tmp_path / "b.json"
     assert main(["bench", "--smoke", "--only", "data", "--coco-dir", str(tmp_path), "--json", str(out)]) == 0

@@ -10,6 +10,7 @@ from .deployment import bench_export
 from .inference import bench_backbones, bench_det, bench_seg
 from .pipeline import bench_data, bench_eval
 from .training import bench_train
+from .video import bench_video
 
 __all__ = ["SECTIONS", "run_sections"]
 
@@ -23,6 +24,7 @@ SECTIONS: dict[str, tuple[Callable[[BenchConfig, str], list[Row]], bool]] = {
     "data": (bench_data, False),
     "eval": (bench_eval, False),
     "export": (bench_export, False),
+    "video": (bench_video, True),
 }
 
 

@@ -26,7 +26,10 @@ NUM_IMAGES = 200
 
 #: MiB of RSS growth allowed per image over the second half of the run.
 EVAL_BUDGET_MIB = 0.3  # 300 detections x ~0.5 KB, with 2x headroom
-PREDICT_BUDGET_MIB = 0.05  # streamed: allocator noise only
+#: Streamed outputs: allocator noise only. glibc grows its arenas in steps of a few MiB, so one step late in
+#: the run reads as ~0.05 MiB/image over 100 images; 0.1 still catches the smallest leak that matters, one
+#: uint8 RGB input image (0.22 MiB) per image, at 2x.
+PREDICT_BUDGET_MIB = 0.1
 
 
 @pytest.fixture(scope="module")

@@ -354,6 +354,6 @@ def inference_model(model: nn.Module, device: torch.device | str = "cpu", eager:
     """
     device = torch.device(device)
     model = model.eval().to(device)
-    if eager or device.type != "cpu":
+    if eager or device.type != "cpu" or getattr(model, "runs_outside_torch", False):  # an exported artifact
         return model
     return optimize_for_inference(model)

@@ -66,11 +66,69 @@ def read_images(files: list[Path], desc: str) -> Iterator[tuple[Path, np.ndarray
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--eager`` of the tools that run a trained model (eval, predict)."""
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    """``--device``, ``--eager`` and the deployed-artifact flags of the tools that run a trained model."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available; "
+                                                         "cpu with --artifact)")
     parser.add_argument("--eager", action="store_true",
                         help="run the model as trained: no BatchNorm folding or fused oneDNN kernels on CPU "
                              "(optimize_for_inference; same outputs up to float rounding)")
+    dep = parser.add_argument_group("deployed artifact (from mobiledense export)")
+    dep.add_argument("--engine", choices=("pytorch", "onnxruntime", "openvino", "executorch"),
+                     help="what runs the model: pytorch (the checkpoint, default) or the runtime of --artifact "
+                          "(default with --artifact: by its suffix, .onnx onnxruntime, .xml openvino, .pte "
+                          "executorch)")
+    dep.add_argument("--artifact", metavar="FILE", help="an exported .onnx / .xml / .pte: it runs instead of the "
+                                                        "checkpoint, scored and drawn by the same code; the run spec "
+                                                        "it carries gives the data (no --checkpoint needed)")
+    dep.add_argument("--threads", type=int, help="inference threads of --artifact's runtime (default: torch's)")
+
+
+def load_deployed(args: argparse.Namespace, task: str, load_pytorch: Any) -> tuple[Any, Any]:
+    """(model, run spec) for ``eval`` / ``predict``: ``load_pytorch()`` or ``--artifact`` on ``--engine``.
+
+    An artifact's run spec is the one stored in it at export (``export --checkpoint``), else
+    ``--checkpoint``'s (only its spec is read), else None. ``--device auto`` becomes cpu.
+    """
+    engine = getattr(args, "engine", None)
+    artifact = getattr(args, "artifact", None)
+    if artifact is None:
+        if engine not in (None, "pytorch"):
+            raise ValueError(f"--engine {engine} runs an exported model: give --artifact FILE "
+                             "(from mobiledense export)")
+        return load_pytorch()
+    if engine == "pytorch":
+        raise ValueError("--engine pytorch runs --checkpoint; --artifact needs --engine onnxruntime, openvino or "
+                         "executorch (or none: chosen by its suffix)")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.device == "auto":
+        args.device = "cpu"
+    elif torch.device(args.device).type != "cpu":
+        raise ValueError(f"--artifact runs on the CPU (onnxruntime, OpenVINO, ExecuTorch); --device {args.device} "
+                         "is for --engine pytorch")
+    from .deploy.engines import load_engine
+
+    model = load_engine(artifact, engine, args.threads or torch.get_num_threads())
+    if model.task != task:
+        raise ValueError(f"--artifact {artifact} is a {model.task!r} model, not {task!r}")
+    stored = model.run_spec_json()
+    spec = None
+    if stored is not None:
+        from .engine.spec import RunSpec
+
+        spec = RunSpec.from_dict(stored, artifact)
+    elif getattr(args, "checkpoint", None):
+        from .engine.checkpoint import load_checkpoint
+        from .engine.spec import RunSpec
+
+        ckpt = load_checkpoint(args.checkpoint)
+        if "spec" not in ckpt:
+            raise ValueError(f"{args.checkpoint} has no run spec: it is not a mobiledense training checkpoint")
+        spec = RunSpec.from_dict(ckpt["spec"], args.checkpoint)
+    if spec is not None and spec.task != task:
+        raise ValueError(f"--artifact {artifact}: its run is a {spec.task!r} run, not {task!r}")
+    log.info("running %s on %s (%s)", artifact, model.engine, model.precision)
+    return model, spec
 
 
 def _flag(name: str) -> str:

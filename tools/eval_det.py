@@ -51,13 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_detector(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model and its run spec (None for ``--model`` + ``--weights``)."""
+    """The model and its run spec (None for ``--model`` + ``--weights``); ``--artifact``: the exported model."""
+    from .common import load_deployed
+
+    return load_deployed(args, "det", lambda: _load_pytorch(args))
+
+
+def _load_pytorch(args: argparse.Namespace) -> tuple[Any, Any]:
     from .engine.tasks import load_trained_model, summarize_load_error
 
     if args.checkpoint:
         return load_trained_model(args.checkpoint, "det", prefer_ema=not args.no_ema)
     if not (args.model and args.weights):
-        raise ValueError("give --checkpoint, or --model NAME --weights FILE")
+        raise ValueError("give --checkpoint, --model NAME --weights FILE, or --artifact FILE (mobiledense export)")
     from mobiledense.heads import create_model
 
     try:

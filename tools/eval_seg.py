@@ -20,7 +20,7 @@ from .common import add_inference_arguments, say_override
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="mobiledense training checkpoint")
+    parser.add_argument("--checkpoint", help="mobiledense training checkpoint (or --artifact FILE)")
     parser.add_argument("--data-root", help="Cityscapes root (leftImg8bit/, gtFine/); default: the run's")
     parser.add_argument("--split", help="default: the run's val split")
     parser.add_argument("--base-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -53,14 +53,20 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.io import write_image, write_text_atomic
     from mobiledense.heads.inference import inference_model
 
-    from .common import output_folder, select_device
+    from .common import load_deployed, output_folder, select_device
     from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.reports import plot_confusion_matrix, plot_per_class_bars
     from .evaluation.seg_inference import inference_mode
 
     out = output_folder(args.output_dir, args.checkpoint, "eval", "runs/seg/eval")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model, spec = load_trained_model(args.checkpoint, "seg", prefer_ema=not args.no_ema)
+    if not (args.checkpoint or args.artifact):
+        raise ValueError("give --checkpoint FILE (a training checkpoint) or --artifact FILE (mobiledense export)")
+    model, spec = load_deployed(args, "seg",
+                                lambda: load_trained_model(args.checkpoint, "seg", prefer_ema=not args.no_ema))
+    if spec is None:
+        raise ValueError("--artifact carries no run spec (it was exported with --model, not --checkpoint): give "
+                         "--checkpoint too, for the data and resolution")
     data = spec.data
     for flag, value, stored in (("--data-root", args.data_root, data.root), ("--split", args.split, data.val_split),
                                 ("--base-size", tuple(args.base_size) if args.base_size else None, data.base_size),
@@ -107,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.as_dict().items()}
     write_text_atomic(json.dumps(
-        {"checkpoint": str(args.checkpoint), "model": spec.model.describe(), "split": dataset.split,
+        {"checkpoint": str(args.checkpoint), "artifact": args.artifact,
+         "engine": getattr(model, "engine", "pytorch"), "model": spec.model.describe(), "split": dataset.split,
          "frames": len(dataset), "eval_scale": args.eval_scale or spec.data.eval_scale, "mode": args.mode[0], **flat,
          "modes": modes}, indent=2, default=lambda v: None), out / "metrics.json")
     plot_per_class_bars(list(metrics.class_names), list(metrics.iou), out / "per_class_iou.png", "IoU per class")

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+",
                         help="image files, folders (searched recursively for images), video files, camera indices "
                              "(0, 1) or stream URLs (rtsp://, rtmp://, http(s)://)")
-    parser.add_argument("--checkpoint", required=True, help="mobiledense training checkpoint")
+    parser.add_argument("--checkpoint", help="mobiledense training checkpoint (or --artifact FILE)")
     parser.add_argument("--scale", type=float,
                         help="resize images by this factor before inference (default: to the run's eval "
                              "resolution, base size x eval scale, keeping each image's aspect ratio)")
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from mobiledense.datasets.io import write_image
     from mobiledense.heads.inference import inference_model
 
-    from .common import output_folder, list_images, read_images, select_device
+    from .common import load_deployed, output_folder, list_images, read_images, select_device
     from .engine.tasks import SegmentationTask, load_trained_model
     from .evaluation.overlays import segmentation_colour, segmentation_overlay
     from .video import check_video_inputs
@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("; ".join(bad))
     videos, images = check_video_inputs(args.inputs, args.max_frames)
     files = list_images(images) if images else []
-    model, spec = load_trained_model(args.checkpoint, "seg")
+    if not (args.checkpoint or args.artifact):
+        raise ValueError("give --checkpoint FILE (a training checkpoint) or --artifact FILE (mobiledense export)")
+    model, spec = load_deployed(args, "seg", lambda: load_trained_model(args.checkpoint, "seg"))
+    if spec is None:
+        raise ValueError("--artifact carries no run spec (it was exported with --model, not --checkpoint): give "
+                         "--checkpoint too, for the data and resolution")
     if args.scale is not None:
         base = spec.data.base_size or spec.data.crop
         print(f"--scale {args.scale:g} overrides the run's eval resolution ({base[0]}x{base[1]} x "

@@ -79,7 +79,7 @@ def test_export_cli(tmp_path, capsys) -> None:
                  "--check-size", "64", "96", "--repeats", "1", "--threads", "1"])
     text = capsys.readouterr().out
     assert code == 0 and out.is_file()
-    assert "onnxruntime vs PyTorch, max |diff|: logits" in text and "latency batch 1" in text
+    assert "onnxruntime vs PyTorch on random images, max |diff|: logits" in text and "latency batch 1" in text
     assert main(["export", "--model", "resnet50", "--output", str(out)]) == 2
     assert "unknown model 'resnet50'; valid names: lraspp_mobilenet_v1" in capsys.readouterr().err
 

@@ -1,0 +1,133 @@
+"""Exported artifacts as models: :class:`EngineModel` calls like our PyTorch detector / segmenter.
+
+An engine (onnxruntime, OpenVINO) only has to run the graph on an (N, 3, H, W) float array;
+this class turns it back into what ``SSDLite`` / ``Segmenter`` return in eval mode, so the
+evaluators (``eval det|seg --engine ... --artifact FILE``) measure an artifact exactly as they
+measure the PyTorch model. It is an ``nn.Module`` without parameters only so that the code
+that calls ``model.eval().to(device)`` accepts it; it always runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .onnx import POSTPROCESS_KEYS
+
+__all__ = ["ENGINES", "EngineModel", "load_engine"]
+
+#: ``--engine`` names that run an artifact (``pytorch`` runs the checkpoint itself).
+ENGINES = ("onnxruntime", "openvino", "executorch")
+
+
+class EngineModel(nn.Module):
+    """``run(array) -> [arrays]`` of an exported graph + its metadata -> a detector or segmenter.
+
+    Args:
+        run: runs the graph on one (N, 3, H, W) float32 array, returns its outputs in order.
+        metadata: the artifact's metadata (:func:`~mobiledense.tools.deploy.onnx.model_metadata`).
+        engine: a name for messages (``openvino``, ``onnxruntime``).
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], metadata: dict[str, str], engine: str
+                 ) -> None:
+        super().__init__()
+        if metadata.get("mobiledense_task") not in ("det", "seg"):
+            raise ValueError(f"this {engine} artifact was not written by mobiledense export (no task metadata)")
+        self._run, self.metadata, self.engine = run, dict(metadata), engine
+        # An empty parameter: code that asks ``next(model.parameters()).device`` gets the CPU.
+        self._device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.task = metadata["mobiledense_task"]
+        self.num_classes = int(metadata["num_classes"]) if metadata.get("num_classes") else None
+        self.precision = metadata.get("precision", "fp32")
+        self.class_names = tuple(json.loads(metadata.get("class_names") or "[]"))
+        self.category_ids = tuple(json.loads(metadata.get("category_ids") or "[]"))
+        if self.task == "det":
+            for key in POSTPROCESS_KEYS:
+                setattr(self, key, json.loads(metadata[key]))
+            self.size = tuple(json.loads(metadata["size"]))
+
+    #: :func:`~mobiledense.heads.inference_model` passes such a model through as it is (it runs outside torch).
+    runs_outside_torch = True
+
+    def to(self, *args: Any, **kwargs: Any) -> "EngineModel":
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"--engine {self.engine} runs on the CPU; pass --device cpu (got {device})")
+        return self
+
+    def spec_json(self) -> dict[str, Any] | None:
+        """The model spec stored in the artifact (None when it has none)."""
+        return json.loads(self.metadata["spec"]) if self.metadata.get("spec") else None
+
+    def run_spec_json(self) -> dict[str, Any] | None:
+        """The training run's spec stored in the artifact (None when exported without a checkpoint)."""
+        return json.loads(self.metadata["run_spec"]) if self.metadata.get("run_spec") else None
+
+    def __repr__(self) -> str:
+        return f"EngineModel({self.engine}, {self.task}, {self.precision})"
+
+    def raw(self, images: Tensor) -> list[Tensor]:
+        """The graph outputs for an (N, 3, H, W) batch: ``[boxes, scores]`` or ``[logits]``."""
+        outs = self._run(np.ascontiguousarray(images.detach().cpu().float().numpy()))
+        return [torch.from_numpy(np.array(o, dtype=np.float32, copy=True)) for o in outs]
+
+    def forward(self, images: Tensor | Sequence[Tensor]) -> Any:
+        if self.task == "seg":
+            if isinstance(images, Tensor):
+                return self.raw(images)[0]
+            return [self.raw(im[None])[0][0] for im in images]
+        return self._detect(images)
+
+    def _detect(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        from mobiledense.heads import select_detections
+
+        batches = [images] if isinstance(images, Tensor) else [im[None] for im in images]
+        results = []
+        h, w = self.size
+        for batch in batches:
+            boxes, scores = self.raw(batch)
+            scale = torch.tensor([batch.shape[-1] / w, batch.shape[-2] / h] * 2)
+            for b, s in zip(boxes, scores):
+                det = select_detections(b, s, self.score_thresh, self.topk_candidates, self.nms_thresh,
+                                        self.detections_per_img)
+                det["boxes"] = det["boxes"] * scale
+                results.append(det)
+        return results
+
+
+def load_engine(path: str | Path, engine: str | None = None, threads: int | None = None) -> EngineModel:
+    """The artifact at ``path`` on ``engine`` (default: by suffix: ``.xml`` OpenVINO, ``.pte`` ExecuTorch,
+    else onnxruntime) with ``threads`` inference threads."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--artifact {path}: no such file")
+    engine = engine or {".xml": "openvino", ".pte": "executorch"}.get(path.suffix, "onnxruntime")
+    if engine == "executorch":
+        if path.suffix != ".pte":
+            raise ValueError(f"--engine executorch runs an ExecuTorch program (.pte, from mobiledense export --format "
+                             f"executorch), not {path.name}")
+        from .executorch import ExecuTorchModel
+
+        return ExecuTorchModel(path, threads)
+    if engine == "openvino":
+        if path.suffix != ".xml":
+            raise ValueError(f"--engine openvino runs an OpenVINO IR (.xml, from mobiledense export --format "
+                             f"openvino), not {path.name}")
+        from .openvino import OpenVinoModel
+
+        return OpenVinoModel(path, threads)
+    if engine == "onnxruntime":
+        if path.suffix != ".onnx":
+            raise ValueError(f"--engine onnxruntime runs an .onnx file, not {path.name}")
+        from .runtime import ort_session
+
+        session = ort_session(path, threads)
+        return EngineModel(lambda x: session.run(None, {"images": x}),
+                           session.get_modelmeta().custom_metadata_map, "onnxruntime")
+    raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SECTION_NAMES = ("det", "seg", "backbones", "train", "data", "eval", "export", "video")
+SECTION_NAMES = ("det", "seg", "backbones", "train", "data", "eval", "export", "deploy", "video")
 _DEFAULT_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco"
 
 

@@ -55,6 +55,16 @@ def test_smoke_rows_cover_the_issue(smoke) -> None:
     assert det["info"]["params"] == 3_440_060 and det["info"]["madds"] > 0
     assert det["check"]["detections"] > 0 and "ours_eager" in det["info"]
     assert md.startswith("Machine:") and "| section | name |" in md
+    deploy = {r["name"]: r for r in doc["sections"]["deploy"]["rows"]}
+    for model in ("ssdlite320_mobilenet_v3_large end to end", "lraspp_mobilenet_v3_large 64x128"):
+        for engine in ("torchvision onnx on onnxruntime", "torchvision onnx on openvino", "ours onnxruntime fp32",
+                       "ours openvino fp32"):
+            row = deploy[f"{model} [{engine}]"]
+            assert row["reference_label"] == "torchvision eager" and row["info"]["vs_onnxruntime_fp32"] > 0
+    for precision in ("int8", "bf16"):  # smoke: quantized segmenters (detectors only fp32)
+        row = deploy[f"lraspp_mobilenet_v3_large 64x128 [ours openvino {precision}]"]
+        assert 1e-4 < row["check"]["relative_rmse"] < 0.75, row["check"]
+    assert deploy["lraspp_mobilenet_v3_large 64x128 [ours onnxruntime int8]"]["check"]["passed"]
 
 
 def test_smoke_video_row_is_end_to_end_against_model_only(smoke) -> None:

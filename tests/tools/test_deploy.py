@@ -225,6 +225,18 @@ def test_eval_seg_scores_an_openvino_artifact_as_pytorch(segmenter, tmp_path) ->
     assert miou["openvino"]["engine"] == "openvino" and miou["pytorch"]["engine"] == "pytorch"
     assert miou["openvino"]["mIoU"] == pytest.approx(miou["pytorch"]["mIoU"], abs=1e-4)
     assert miou["openvino"]["pixel_acc"] == pytest.approx(miou["pytorch"]["pixel_acc"], abs=1e-4)
+    # predict seg draws the artifact's label maps as it draws the checkpoint's.
+    import cv2
+
+    frames = sorted((root / "leftImg8bit" / "val").rglob("*.png"))
+    maps = {}
+    for name, flags in (("pytorch", ["--checkpoint", str(ckpt)]), ("openvino", ["--artifact", str(xml)])):
+        assert main(["predict", "seg", *map(str, frames), *flags, "--output-dir", str(tmp_path / f"p_{name}")]) == 0
+        maps[name] = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+                      for p in sorted((tmp_path / f"p_{name}").glob("*_labelIds.png"))]
+    assert len(maps["openvino"]) == len(maps["pytorch"]) == len(frames) == 2
+    for a, b in zip(maps["openvino"], maps["pytorch"]):
+        assert a.shape == b.shape == (96, 192) and (a == b).mean() > 0.999
 
 
 def test_calibration_images_from_a_folder_are_spread_and_resized(tmp_path) -> None:
@@ -243,3 +255,29 @@ def test_calibration_images_from_a_folder_are_spread_and_resized(tmp_path) -> No
     assert [round(float(x.mean()) * 255) for x in images] == [0, 100, 200]
     with pytest.raises(ValueError, match="int8 needs calibration images"):
         calibration_images()
+
+
+def test_openvino_leaves_a_signal_stack_python_handlers_fit_in(segmenter, tmp_path) -> None:
+    """OpenVINO installs a 20 KB sigaltstack when it compiles; with AMX state a Python handler (SIGCHLD of a
+    DataLoader worker) overflowed it and killed the process (seen: eval --artifact after a bf16 run)."""
+    import ctypes
+    import sys
+
+    from mobiledense.tools.deploy.openvino import SIGNAL_STACK_BYTES, OpenVinoModel
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sigaltstack is checked on Linux")
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    path = export_artifact(segmenter, tmp_path / "seg.xml", "openvino", "bf16")
+    for shape in ((64, 96), (96, 64)):  # every compilation (one per input shape) installs a new one
+        with torch.inference_mode():
+            OpenVinoModel(path, threads=1)(torch.rand(1, 3, *shape))
+        current = StackT()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0
+        assert current.ss_flags & 2 or current.ss_size >= SIGNAL_STACK_BYTES, current.ss_size
+    from torch.utils.data import DataLoader
+
+    assert sum(len(b) for b in DataLoader(list(range(6)), batch_size=2, num_workers=2)) == 6  # SIGCHLD survived

@@ -1,9 +1,10 @@
-"""Export section: our ONNX graphs on onnxruntime against torchvision eager."""
+"""Export and deploy sections: our artifacts on onnxruntime / OpenVINO / ExecuTorch against torchvision."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,7 +14,7 @@ from mobiledense.tools.deploy import (OnnxDetector, compare_detections, compare_
 from .common import BenchConfig, Row, _det_images, _det_pair, _seg_pair
 from .timing import time_interleaved
 
-__all__ = ["bench_export"]
+__all__ = ["bench_deploy", "bench_export"]
 
 
 def bench_export(cfg: BenchConfig, device: str) -> list[Row]:
@@ -48,3 +49,162 @@ def bench_export(cfg: BenchConfig, device: str) -> list[Row]:
                         "onnxruntime", "torchvision eager", check, {"onnx_mb": path.stat().st_size / 1e6}))
     return rows
 
+
+
+#: Relative RMS error (vs fp32 PyTorch) a bf16 / int8 row may show on the bench's calibrated random
+#: weights: a sanity bound (the artifact computes the function); accuracy on trained models is the
+#: ``export --eval`` table in README "Deploy".
+RMSE_BOUND = {"fp32": 1e-3, "bf16": 0.25, "int8": 0.75}
+
+
+def _combos(cfg: BenchConfig, detector: bool) -> list[tuple[str, str]]:
+    """(format, precision) rows: every engine x precision; smoke: no ExecuTorch, detectors fp32 only."""
+    import importlib.util
+
+    combos = [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+    if not cfg.smoke and importlib.util.find_spec("executorch") is not None:
+        combos += [("executorch", "fp32"), ("executorch", "int8")]
+    if cfg.smoke and detector:
+        combos = [c for c in combos if c[1] == "fp32"]
+    if importlib.util.find_spec("openvino") is None:
+        combos = [c for c in combos if c[0] != "openvino"]
+    return combos
+
+
+def _openvino_compiled(path: Path, threads: int) -> Any:
+    import openvino as ov
+
+    from mobiledense.tools.deploy.openvino import compile_model
+
+    core = ov.Core()
+    return compile_model(core, core.read_model(str(path)), {"INFERENCE_NUM_THREADS": threads,
+                                                            "PERFORMANCE_HINT": "LATENCY",
+                                                            "INFERENCE_PRECISION_HINT": "f32"})
+
+
+def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
+    """Every engine x precision of ours, end to end, against torchvision eager and torchvision's own ONNX export.
+
+    Detector: SSDLite320 MobileNetV3-Large (trained-like scores) from a batch-1 image of
+    ``det_image_size``: resize, network, decoding and NMS. Segmenter: LR-ASPP MobileNetV3-Large at
+    each ``seg_sizes`` (normalisation and upsampling in). ``info["vs_onnxruntime_fp32"]``: the
+    speed-up over our onnxruntime fp32 export (the pre-deploy path) in the same run.
+    """
+    import importlib.util
+    import warnings
+
+    from mobiledense.tools.deploy import check_artifact, export_artifact, load_engine, match_detections
+    from mobiledense.tools.deploy.formats import SUFFIX
+
+    rows: list[Row] = []
+    g = torch.Generator().manual_seed(0)
+    have_ov = importlib.util.find_spec("openvino") is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        # --- detector
+        tv, eager, _ = _det_pair("cpu", 9.0)
+        images = _det_images(cfg, 1, "cpu")
+        batch = torch.stack(images)
+        cal = [torch.rand(1, 3, *eager.size, generator=g) for _ in range(2 if cfg.smoke else 16)]
+        with torch.inference_mode():
+            ref_dets = tv(images)
+        timed: dict[str, Any] = {"torchvision eager": lambda: tv(images)}
+        tv_onnx = tmp_path / "tv_ssdlite.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(tv, (images,), str(tv_onnx), dynamo=False, opset_version=17, input_names=["images"])
+        session = ort_session(tv_onnx, cfg.threads)
+        x0 = images[0].numpy()
+        timed["torchvision onnx on onnxruntime"] = lambda: session.run(None, {"images": x0})
+        if have_ov:
+            tv_ov = _openvino_compiled(tv_onnx, cfg.threads)
+            timed["torchvision onnx on openvino"] = lambda: tv_ov(x0)
+        checks: dict[str, dict] = {k: {"passed": True, "what": "the reference"} for k in timed}
+        for fmt, precision in _combos(cfg, True):
+            path = export_artifact(eager, tmp_path / f"det_{precision}{SUFFIX[fmt]}", fmt, precision, calibration=cal)
+            engine = load_engine(path, {"onnx": "onnxruntime"}.get(fmt, fmt), cfg.threads)
+            with torch.inference_mode():
+                got = engine(batch)
+                result = check_artifact(eager, engine, [batch], precision)
+            if precision == "fp32":
+                check = compare_detections(ref_dets, got)
+                check["graph_max_score_diff"] = result["max_abs_diff"]
+            else:
+                check = {**match_detections(ref_dets, got), "relative_rmse": result["relative_rmse"],
+                         "passed": result["relative_rmse"] < RMSE_BOUND[precision]}
+            key = f"ours {engine.engine} {precision}"
+            timed[key], checks[key] = (lambda e=engine: e(batch)), check
+        rows += _deploy_rows(cfg, "ssdlite320_mobilenet_v3_large end to end", timed, checks,
+                             {"input": list(cfg.det_image_size)})
+        # --- segmenter
+        tv_seg_model, eager_seg, _, reference = _seg_pair("cpu")
+        tv_seg = _TorchvisionSegGraph(tv_seg_model).eval()
+        tv_seg_onnx = tmp_path / "tv_lraspp.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(tv_seg, (torch.rand(1, 3, 128, 256),), str(tv_seg_onnx), dynamo=False, opset_version=17,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+        tv_seg_session = ort_session(tv_seg_onnx, cfg.threads)
+        for i, (h, w) in enumerate(cfg.seg_sizes):
+            x = torch.rand(1, 3, h, w, generator=g)
+            xn = x.numpy()
+            cal = [torch.rand(1, 3, h, w, generator=g) for _ in range(2 if cfg.smoke else 8)]
+            timed = {"torchvision eager": lambda x=x: reference(x),
+                     "torchvision onnx on onnxruntime": lambda xn=xn: tv_seg_session.run(None, {"images": xn})}
+            if have_ov:
+                import openvino as ov
+
+                core = ov.Core()
+                model = core.read_model(str(tv_seg_onnx))
+                model.reshape({"images": [1, 3, h, w]})
+                from mobiledense.tools.deploy.openvino import compile_model
+
+                compiled = compile_model(core, model, {"INFERENCE_NUM_THREADS": cfg.threads,
+                                                       "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+                timed["torchvision onnx on openvino"] = lambda xn=xn, c=compiled: c(xn)
+            checks = {k: {"passed": True, "what": "the reference"} for k in timed}
+            for fmt, precision in _combos(cfg, False):
+                if fmt == "executorch" and i > 0:
+                    continue  # a .pte has one input size: exported at the first size only (lowering is slow)
+                path = export_artifact(eager_seg, tmp_path / f"seg_{h}_{precision}{SUFFIX[fmt]}", fmt, precision,
+                                       calibration=cal, input_size=(h, w))
+                engine = load_engine(path, {"onnx": "onnxruntime"}.get(fmt, fmt), cfg.threads)
+                with torch.inference_mode():
+                    result = check_artifact(eager_seg, engine, [x], precision)
+                check = {k: result[k] for k in ("agreement", "max_abs_diff", "relative_rmse")}
+                check["passed"] = result["relative_rmse"] < RMSE_BOUND[precision]
+                key = f"ours {engine.engine} {precision}"
+                timed[key], checks[key] = (lambda e=engine, x=x: e(x)), check
+            rows += _deploy_rows(cfg, f"lraspp_mobilenet_v3_large {h}x{w}", timed, checks, {})
+    return rows
+
+
+class _TorchvisionSegGraph(torch.nn.Module):
+    """torchvision's LR-ASPP as a user exports it: normalisation + ``model(x)["out"]``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from mobiledense.heads.segmenter import Normalize
+
+        super().__init__()
+        self.model, self.norm = model, Normalize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.norm(x))["out"]
+
+
+def _deploy_rows(cfg: BenchConfig, name: str, timed: dict[str, Any], checks: dict[str, dict],
+                 info: dict[str, Any]) -> list[Row]:
+    """Time every entry of ``timed`` interleaved; one row each against torchvision eager."""
+    with torch.inference_mode():
+        t = time_interleaved(timed, cfg.few if "lraspp" in name else cfg.repeats, min(cfg.warmup, 2))
+    base = t["torchvision eager"]
+    today = t.get("ours onnxruntime fp32")
+    rows = []
+    for key, timing in t.items():
+        if key == "torchvision eager":
+            continue
+        extra = {**info, "vs_onnxruntime_fp32": None if today is None else today.median / timing.median}
+        rows.append(Row("deploy", f"{name} [{key}]", "cpu", 1, timing, base, key, "torchvision eager",
+                        checks[key], extra))
+    return rows

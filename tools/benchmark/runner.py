@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .common import BenchConfig, Row
-from .deployment import bench_export
+from .deployment import bench_deploy, bench_export
 from .inference import bench_backbones, bench_det, bench_seg
 from .pipeline import bench_data, bench_eval
 from .training import bench_train
@@ -24,6 +24,7 @@ SECTIONS: dict[str, tuple[Callable[[BenchConfig, str], list[Row]], bool]] = {
     "data": (bench_data, False),
     "eval": (bench_eval, False),
     "export": (bench_export, False),
+    "deploy": (bench_deploy, False),
     "video": (bench_video, True),
 }
 

@@ -162,7 +162,8 @@ def check_artifact(model: nn.Module, engine: nn.Module, images: Sequence[Tensor]
 
     # The reference is the network that was exported: BatchNorm folded (what optimize_for_inference
     # does, tested equal to the model elsewhere), so fp32 differences are the runtime's alone.
-    model = optimize_for_inference(model.eval(), channels_last=False)
+    with torch.inference_mode(False):  # it traces with hooks that read version counters
+        model = optimize_for_inference(model.eval(), channels_last=False)
     detector = is_detector(model)
     graph = DetectorGraph(model).eval() if detector else model
     diff = box_diff = scale = box_scale = 0.0

@@ -26,9 +26,10 @@ REFUSED = {
     ("onnx", "bf16"): "onnxruntime's CPU provider has no bfloat16 convolution kernels (a bf16 graph runs its "
                       "convolutions through casts to fp32, slower than fp32); --format openvino --precision bf16 "
                       "compiles the same graph for the CPU's AVX512-BF16 / AMX units",
-    ("executorch", "bf16"): "ExecuTorch's XNNPACK delegate (the CPU backend for phones) has fp32, fp16 and int8 "
-                            "kernels, no bfloat16 ones: a bf16 program would run undelegated, on the slow portable "
-                            "kernels; phones run int8 (or fp32) fastest",
+    ("executorch", "bf16"): "XNNPACK (ExecuTorch's CPU backend for phones) has fp32, fp16 and int8 convolution "
+                            "kernels, no bfloat16 ones: ExecuTorch 1.5 leaves bf16 convolutions undelegated (slow "
+                            "portable kernels) and its opt-in bf16 flag makes XNNPACK refuse the program "
+                            "(xnn_status_invalid_parameter); phones run int8 or fp32 fastest",
 }
 
 

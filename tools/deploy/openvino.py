@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from .engines import EngineModel
 from .onnx import DETECTOR_FLOAT_SCOPE, export_onnx, is_detector, model_metadata
 
-__all__ = ["DETECTOR_FLOAT_SCOPE", "OPENVINO_PRECISIONS", "OpenVinoModel", "cpu_capabilities", "export_openvino",
-           "read_metadata"]
+__all__ = ["DETECTOR_FLOAT_SCOPE", "OPENVINO_PRECISIONS", "OpenVinoModel", "compile_model", "cpu_capabilities",
+           "export_openvino", "read_metadata", "widen_signal_stack"]
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the non-quantized ops stay fp32
@@ -41,6 +41,51 @@ def _ov() -> Any:
     except ImportError as e:
         raise ImportError("OpenVINO is not installed: pip install openvino (or mobiledense[deploy])") from e
     return openvino
+
+
+#: Size of the alternate signal stack kept after OpenVINO compiles a model (see :func:`widen_signal_stack`).
+SIGNAL_STACK_BYTES = 1 << 18
+_signal_stacks: dict[int, Any] = {}
+
+
+def widen_signal_stack() -> None:
+    """Replace a small alternate signal stack of this thread by one of :data:`SIGNAL_STACK_BYTES`.
+
+    OpenVINO's CPU plugin installs a 20 KB ``sigaltstack`` on the thread that compiles a model. On
+    CPUs with AMX the signal frame alone is ~11 KB (the tile registers), so a Python signal handler
+    that then runs on it (SIGCHLD when a DataLoader worker exits: ``eval --artifact`` reads the
+    data with workers) overflows it and the process dies with SIGSEGV inside the handler. A larger
+    stack serves every handler that the small one served. Linux only; a no-op elsewhere, when no
+    alternate stack is set, or when it is already large enough.
+    """
+    import ctypes
+    import sys
+    import threading
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    ss_onstack, ss_disable = 1, 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = StackT()
+    if libc.sigaltstack(None, ctypes.byref(current)) != 0:
+        return
+    if current.ss_flags & (ss_disable | ss_onstack) or current.ss_size >= SIGNAL_STACK_BYTES:
+        return
+    buffer = ctypes.create_string_buffer(SIGNAL_STACK_BYTES)
+    wider = StackT(ctypes.addressof(buffer), 0, SIGNAL_STACK_BYTES)
+    if libc.sigaltstack(ctypes.byref(wider), None) == 0:
+        _signal_stacks[threading.get_ident()] = buffer  # alive as long as the thread may take signals
+
+
+def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
+    """``core.compile_model(model, "CPU", config)``, then :func:`widen_signal_stack`."""
+    compiled = core.compile_model(model, "CPU", config)
+    widen_signal_stack()
+    return compiled
 
 
 def cpu_capabilities() -> list[str]:
@@ -64,8 +109,10 @@ def _quantize(ov_model: Any, images: Sequence[Tensor], detector: bool, bias_corr
     data = nncf.Dataset([np.ascontiguousarray(im.float().numpy()) for im in images])
     scope = nncf.IgnoredScope(patterns=list(DETECTOR_FLOAT_SCOPE), validate=False) if detector else None
     advanced = AdvancedQuantizationParameters(disable_bias_correction=not bias_correction)
-    return nncf.quantize(ov_model, data, subset_size=len(images), ignored_scope=scope,
-                         advanced_parameters=advanced)
+    quantized = nncf.quantize(ov_model, data, subset_size=len(images), ignored_scope=scope,
+                              advanced_parameters=advanced)
+    widen_signal_stack()  # NNCF compiled the model to collect statistics
+    return quantized
 
 
 def export_openvino(model: nn.Module, path: str | Path, precision: str = "fp32", *,
@@ -150,19 +197,29 @@ class OpenVinoModel(EngineModel):
                 model.reshape({model.inputs[0].get_any_name(): list(shape)})
             if len(self._compiled) >= self._cache:
                 self._compiled.pop(next(iter(self._compiled)))
-            self._compiled[key] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+            self._compiled[key] = compile_model(self._core, model, self.config).create_infer_request()
         return self._compiled[key]
 
     def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        ov = _ov()
         request = self._request(tuple(x.shape))
+        outs = []
+        for i, port in enumerate(request.model_outputs):
+            if port.partial_shape.is_static:  # the plugin writes straight into a fresh array of ours
+                out = np.empty(tuple(port.partial_shape.to_shape()), np.float32)
+                request.set_output_tensor(i, ov.Tensor(out, shared_memory=True))
+                outs.append(out)
+            else:
+                outs.append(None)
         request.infer({0: x}, share_inputs=True)
-        return [request.get_output_tensor(i).data for i in range(len(request.model_outputs))]
+        # Dynamic outputs live in the request's own buffers, reused by the next call: copied.
+        return [out if out is not None else request.get_output_tensor(i).data.copy() for i, out in enumerate(outs)]
 
     @property
     def inference_precision(self) -> str:
         """What the plugin compiled (``f32`` / ``bf16``): the hint, unless the CPU lacks bf16."""
         request = next(iter(self._compiled.values()), None)
-        compiled = request.get_compiled_model() if request is not None else self._core.compile_model(
-            self._model, "CPU", self.config)
+        compiled = request.get_compiled_model() if request is not None else compile_model(
+            self._core, self._model, self.config)
         value = compiled.get_property("INFERENCE_PRECISION_HINT")
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value)

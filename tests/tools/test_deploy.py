@@ -28,7 +28,7 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -
 pytest.importorskip("nncf", reason="NNCF is not installed (pip install -e '.[deploy]')")
 
 from mobiledense.tools.deploy.calibration import calibration_images, spaced  # noqa: E402
-from mobiledense.tools.deploy.checks import check_artifact, match_detections  # noqa: E402
+from mobiledense.tools.deploy.checks import check_artifact, compare_detections, match_detections  # noqa: E402
 from mobiledense.tools.deploy.engines import EngineModel, load_engine  # noqa: E402
 from mobiledense.tools.deploy.formats import REFUSED, check_combination, export_artifact, format_of  # noqa: E402
 
@@ -158,6 +158,15 @@ def test_openvino_detector_bf16_int8_and_metadata(det_checkpoint, tmp_path) -> N
         assert engine.inference_precision == ("bf16" if precision == "bf16" and bf16_cpu else "f32")
     with pytest.raises(ValueError, match="int8 is in the weights"):
         OpenVinoModel(tmp_path / "det_int8.xml", precision="fp32")
+    # Images of any size share one static compilation at the model size: the detections of the dynamic IR.
+    static, dynamic = (OpenVinoModel(tmp_path / "det_fp32.xml", threads=1, static_shapes=s) for s in (True, False))
+    sized = [torch.rand(1, 3, 150, 210), torch.rand(1, 3, 90, 300)]
+    with torch.inference_mode():
+        for x in sized:
+            torch.testing.assert_close(static.raw(torch.nn.functional.interpolate(
+                x, size=(128, 128), mode="bilinear", align_corners=False))[1], dynamic.raw(x)[1], atol=1e-3, rtol=0)
+            assert compare_detections(dynamic(x), static(x))["passed"]
+    assert list(static._compiled) == [(1, 3, 128, 128)] and list(dynamic._compiled) == [()]
 
 
 def test_export_cli_openvino_int8_then_eval_and_predict_the_artifact(det_checkpoint, data, tmp_path,

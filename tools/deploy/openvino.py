@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from .engines import EngineModel
@@ -162,9 +163,10 @@ class OpenVinoModel(EngineModel):
     """An IR from :func:`export_openvino` on the OpenVINO CPU plugin, called like our PyTorch model.
 
     Compiled with the precision stored in the file (``precision`` overrides it: ``fp32``/``bf16``),
-    ``threads`` inference threads and the latency hint. Segmenters are compiled once per input
-    shape (static shapes run faster; a few shapes are cached); detectors resize inside the graph
-    and keep the dynamic one.
+    ``threads`` inference threads and the latency hint, once per input shape (static shapes run
+    faster on the CPU plugin; ``cache`` shapes are kept). Detectors get their input resized to the
+    model size first (the graph's own first step, same bilinear resize), so every image size
+    shares one compilation; ``static_shapes=False`` keeps the IR's dynamic shape instead.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, precision: str | None = None,
@@ -182,7 +184,7 @@ class OpenVinoModel(EngineModel):
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.static_shapes = (meta["mobiledense_task"] == "seg") if static_shapes is None else static_shapes
+        self.static_shapes = True if static_shapes is None else static_shapes
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._cache = cache
         super().__init__(self._infer, meta, "openvino")
@@ -202,6 +204,13 @@ class OpenVinoModel(EngineModel):
 
     def _infer(self, x: np.ndarray) -> list[np.ndarray]:
         ov = _ov()
+        if self.task == "det" and self.static_shapes and tuple(x.shape[-2:]) != tuple(self.size):
+            # The graph's first op resizes to the model size; doing it here (the same bilinear
+            # resize) lets one static-shape compilation serve images of every size.
+            import torch.nn.functional as F
+
+            x = F.interpolate(torch.from_numpy(x), size=tuple(self.size), mode="bilinear",
+                              align_corners=False).numpy()
         request = self._request(tuple(x.shape))
         outs = []
         for i, port in enumerate(request.model_outputs):

@@ -106,7 +106,9 @@ def _evaluate(args: argparse.Namespace, task: str, artifact: Path | None, out: P
 
     from .cli import main
 
-    argv = ["eval", task, "--checkpoint", args.checkpoint, "--device", "cpu", "--no-progress",
+    # --workers 0: no fork of this process, whose runtime thread pools (OpenVINO, onnxruntime, ExecuTorch)
+    # a forked DataLoader worker would inherit mid-state.
+    argv = ["eval", task, "--checkpoint", args.checkpoint, "--device", "cpu", "--no-progress", "--workers", "0",
             "--output-dir", str(out)]
     if task == "det":
         argv += ["--overlays", "0"]

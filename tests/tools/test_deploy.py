@@ -187,7 +187,7 @@ def test_export_cli_openvino_int8_then_eval_and_predict_the_artifact(det_checkpo
     assert main(["export", "--checkpoint", str(det_checkpoint), "--output", str(onnx_path), "--repeats", "0"]) == 0
     stats = {}
     for name, flags in (("pytorch", ["--checkpoint", str(det_checkpoint)]), ("onnx", ["--artifact", str(onnx_path)])):
-        assert main(["eval", "det", *flags, "--no-progress", "--overlays", "0", "--output-dir",
+        assert main(["eval", "det", *flags, "--no-progress", "--overlays", "0", "--workers", "0", "--output-dir",
                      str(tmp_path / name)]) == 0
         stats[name] = json.loads((tmp_path / name / "metrics.json").read_text())["stats"]
     assert stats["pytorch"]["AR100"] > 0

@@ -15,7 +15,7 @@ __all__ = ["OnnxDetector", "ort_session"]
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with all graph optimisations and ``threads`` intra-op threads."""
+    """An onnxruntime CPU session with all graph optimisations, ``threads`` intra-op threads, no spinning."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -24,6 +24,10 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    # No busy-waiting between runs: the graph is followed by PyTorch work (NMS, the evaluator), which
+    # the spinning pool would compete with (on 2 cores: 17 ms median but 44 ms p90 end to end,
+    # against 18 / 21 ms without).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

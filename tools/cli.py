@@ -34,7 +34,8 @@ COMMANDS: dict[str, dict[str | None, tuple[str, str]]] = {
         "cls": ("predict_cls", "top-k classes JSON + labelled tiles for images or a folder"),
     },
     "bench": {None: ("bench", "latency/throughput against torchvision, same weights")},
-    "export": {None: ("export", "export a model to ONNX and check it against PyTorch")},
+    "export": {None: ("export", "export a model to ONNX / OpenVINO / ExecuTorch (fp32, bf16, int8), checked against "
+                               "PyTorch")},
     "backbones": {None: ("list_backbones", "list registered backbones with params and MAdds")},
     "weights": {None: ("weights", "list / download the named pretrained weights (torchvision, timm)")},
     "compare": {None: ("compare", "train/evaluate backbones x heads under one recipe; table + Pareto plots")},

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch.encoders as smp_encoders
+import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
@@ -29,7 +30,7 @@ from mobiledense.backbones import Backbone, create_backbone, get_backbone_entry,
 
 from .registry import backbone_kwargs as spec_backbone_kwargs
 from .registry import build_model_spec, create_model
-from .segmenter import Normalize, check_image_batch
+from .segmenter import Normalize, check_image_batch, upsampled_argmax
 from .spec import ModelSpec
 
 __all__ = ["SMP_PREFIX", "SmpEncoder", "SmpSegmenter", "build_smp_segmenter", "create_smp_model",
@@ -161,6 +162,10 @@ class SmpSegmenter(nn.Module):
         d = self.model.encoder.output_stride
         x = F.pad(self.normalize(x), (0, -w % d, 0, -h % d))
         return self.model(x)[..., :h, :w]
+
+    def labels(self, x: Tensor, size: tuple[int, int] | None = None, dtype: torch.dtype = torch.int64) -> Tensor:
+        """Class ids (N, H, W): ``forward(x).argmax(1)``, or at ``size`` (:func:`upsampled_argmax`)."""
+        return upsampled_argmax(self(x), tuple(size or x.shape[-2:]), dtype=dtype)
 
 
 def build_smp_segmenter(spec: ModelSpec, weights_backbone: str | Path | None = None) -> SmpSegmenter:

@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="executorch: the program's fixed input size (default: a detector's size; segmenters "
                              "the run's eval resolution, 512 1024 without a run)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="segmenters: the graph returns logits at input size (default: at the decoder's stride, "
+                             "upsampled by eval/predict --artifact, which then interpolate only near class "
+                             "boundaries; an app running the graph alone upsamples them bilinearly)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-fold", action="store_true", help="onnx fp32: keep BatchNorm layers in the graph")
     parser.add_argument("--check-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         input_size = (round(base[0] * spec.data.eval_scale), round(base[1] * spec.data.eval_scale))
     path = export_artifact(model, args.output, fmt, args.precision, calibration=calibration,
                            run_spec=spec.to_dict() if spec is not None else None, opset=args.opset,
-                           fold=not args.no_fold, input_size=input_size)
+                           fold=not args.no_fold, input_size=input_size, full_logits=args.full_logits)
     size_mb = sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 1e6
     print(f"wrote {path} ({fmt} {args.precision}, {size_mb:.1f} MB)")
     engine = load_engine(path, {"onnx": "onnxruntime"}.get(fmt, fmt), threads)
@@ -207,10 +211,15 @@ def run(args: argparse.Namespace) -> int:
         from .benchmark.timing import time_interleaved
 
         x = torch.rand(1, 3, h, w)
+        run = {"artifact": lambda: engine(x), "torch": lambda: model(x)}
+        if not detector:  # what eval / predict compute: class ids
+            run = {"artifact": lambda: engine.labels(x), "torch": lambda: model.labels(x) if hasattr(model, "labels")
+                   else model(x).argmax(1)}
         with torch.inference_mode():
-            t = time_interleaved({"artifact": lambda: engine(x), "torch": lambda: model(x)}, args.repeats, warmup=1)
+            t = time_interleaved(run, args.repeats, warmup=1)
         t_art, t_torch = 1e3 * t["artifact"].median, 1e3 * t["torch"].median
-        print(f"latency batch 1 at {h}x{w}, {threads} thread(s): {name} {args.precision} {t_art:.1f} ms, "
+        print(f"latency batch 1 at {h}x{w}" + ("" if detector else " (image -> class ids)")
+              + f", {threads} thread(s): {name} {args.precision} {t_art:.1f} ms, "
               f"PyTorch eager {t_torch:.1f} ms (x{t_torch / t_art:.2f})")
     if args.eval and spec is not None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -65,6 +65,12 @@ def test_smoke_rows_cover_the_issue(smoke) -> None:
         row = deploy[f"lraspp_mobilenet_v3_large 64x128 [ours openvino {precision}]"]
         assert 1e-4 < row["check"]["relative_rmse"] < 0.75, row["check"]
     assert deploy["lraspp_mobilenet_v3_large 64x128 [ours onnxruntime int8]"]["check"]["passed"]
+    # Segmenter rows time image -> class ids against the pre-deploy graph (full-size logits in it).
+    seg = deploy["lraspp_mobilenet_v3_large 64x128 [ours onnxruntime fp32]"]["info"]
+    assert seg["output"] == "class ids" and 0 <= seg["boundary_fraction"] <= 1
+    assert "lraspp_mobilenet_v3_large 64x128 [ours onnxruntime fp32 full logits (pre-deploy path)]" in deploy
+    ids = deploy["class ids 19x64x128 -> 512x1024, label map of regions"]
+    assert ids["check"]["identical_labels"] and 0.05 < ids["info"]["boundary_fraction"] < 0.3
 
 
 def test_smoke_video_row_is_end_to_end_against_model_only(smoke) -> None:

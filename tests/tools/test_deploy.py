@@ -17,7 +17,7 @@ import torch
 
 from mobiledense.datasets import CocoDetection, make_synthetic_coco
 from mobiledense.heads import create_model, lraspp_mobilenet_v3_large, model_spec
-from mobiledense.tools.benchmark import calibrate_
+from mobiledense.tools.benchmark import calibrate_, calibrate_detector_
 from mobiledense.tools.cli import main
 from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec
 from mobiledense.tools.engine.tasks import DetectionTask, load_trained_model, save_model_checkpoint
@@ -45,11 +45,7 @@ def det_checkpoint(data, tmp_path_factory) -> Path:
     classes = DetectionTask.class_info(CocoDetection(images, ann))
     torch.manual_seed(0)
     model = create_model(model_spec("ssdlite_mobilenet_v3_small", size=128, **classes))
-    k = model.num_classes
-    x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    calibrate_(model, lambda m: m.head_outputs(x))
-    for block in model.head.classification_head.module_list:
-        block[1].bias.data.view(-1, k)[:, 0] += 3.0  # background dominates, as after training
+    calibrate_detector_(model)  # background dominates, as after training
     spec = CocoDataSpec(train_images=str(images), train_ann=str(ann), val_images=str(val_images), val_ann=str(val_ann))
     return save_model_checkpoint(model, spec, tmp_path_factory.mktemp("det") / "last.pt")
 
@@ -74,6 +70,10 @@ def test_formats_say_why_a_combination_cannot_exist() -> None:
         with pytest.raises(ValueError, match=f"--format {fmt} --precision {precision} is not offered: .*kernels"):
             check_combination(fmt, precision)
     check_combination("openvino", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of fp32, int8, got 'fp16'"):
+        check_combination("onnx", "fp16")
+    with pytest.raises(ValueError, match="int8 needs calibration images"):
+        check_combination("openvino", "int8", [], exporting=True)
     with pytest.raises(ValueError, match="writes a .xml file"):
         export_artifact(torch.nn.Identity(), "m.onnx", "openvino")
     with pytest.raises(ValueError, match="int8 needs calibration images"):
@@ -290,3 +290,43 @@ def test_openvino_leaves_a_signal_stack_python_handlers_fit_in(segmenter, tmp_pa
     from torch.utils.data import DataLoader
 
     assert sum(len(b) for b in DataLoader(list(range(6)), batch_size=2, num_workers=2)) == 6  # SIGCHLD survived
+
+
+def test_dropped_artifacts_are_freed_in_the_parent_not_in_a_forked_worker(segmenter, tmp_path) -> None:
+    """A DataLoader worker that collected an inherited OpenVINO model hung for ever in its thread pool's
+    destructor (the pool's threads exist only in the parent): models are freed when dropped (no
+    reference cycle), and once an artifact is loaded the parent collects its garbage before every fork."""
+    import gc
+    import os
+    import weakref
+
+    from mobiledense.tools.deploy.openvino import OpenVinoModel
+
+    path = export_artifact(segmenter, tmp_path / "seg.xml", "openvino", "fp32")
+    model = OpenVinoModel(path, threads=1)
+    with torch.inference_mode():
+        model(torch.rand(1, 3, 64, 96))
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None, "an OpenVinoModel outlived its last reference (a reference cycle)"
+
+        freed_in: list[int] = []
+
+        class Cyclic:
+            def __init__(self) -> None:
+                self.me = self
+
+            def __del__(self) -> None:
+                freed_in.append(os.getpid())
+
+        Cyclic()  # unreachable, only a collection frees it
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert freed_in == [os.getpid()], "garbage was not collected in the parent before the fork"
+    finally:
+        gc.enable()
+

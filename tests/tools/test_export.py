@@ -7,25 +7,23 @@ import torch
 
 from mobiledense.heads import ssdlite320_mobilenet_v3_large
 from mobiledense.heads import lraspp_mobilenet_v3_large
-from mobiledense.tools.benchmark import calibrate_, compare_detections
+from mobiledense.tools.benchmark import calibrate_, calibrate_detector_, compare_detections
 from mobiledense.tools.cli import main
 from mobiledense.tools.engine import CityscapesDataSpec
 from mobiledense.tools.engine.tasks import save_model_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 
 from mobiledense.tools.deploy import OnnxDetector, compare_with_pytorch, export_onnx, ort_session  # noqa: E402
+from mobiledense.tools.deploy.runtime import OnnxModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def detector() -> torch.nn.Module:
     torch.manual_seed(0)
     model = ssdlite320_mobilenet_v3_large(num_classes=6, size=192)
-    x = torch.rand(4, 3, 192, 192, generator=torch.Generator().manual_seed(1)) * 2 - 1  # as normalised
-    calibrate_(model, lambda m: m.head_outputs(x))
-    for block in model.head.classification_head.module_list:
-        block[1].bias.data.view(-1, 6)[:, 0] += 3.0  # trained-like: background dominates
+    calibrate_detector_(model)  # trained-like: background dominates
     model.score_thresh = 0.01
     return model.eval()
 
@@ -36,13 +34,28 @@ def test_segmenter_onnx_matches_pytorch_at_another_size_and_batch(tmp_path) -> N
     calibrate_(model, lambda m: m(torch.rand(4, 3, 128, 160)))
     path = export_onnx(model, tmp_path / "lraspp.onnx")
     x = torch.rand(3, 3, 96, 200, generator=torch.Generator().manual_seed(2))  # traced at 2x128x160
-    got = torch.from_numpy(ort_session(path, threads=1).run(None, {"images": x.numpy()})[0])
+    session = ort_session(path, threads=1)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     with torch.no_grad():
-        expected = model(x)
-    assert got.shape == (3, 7, 96, 200) and expected.abs().max() > 1.0
-    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+        expected, decoded = model(x), model.decode(x)
+    # The graph stops at the decoder's stride (8); its wrapper upsamples as the model does.
+    assert got.shape == decoded.shape == (3, 7, 12, 25) and expected.abs().max() > 1.0
+    assert session.get_modelmeta().custom_metadata_map["logits"] == "decoder"
+    assert [d.dim_param for d in onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim] == [
+        "batch", "", "height/stride", "width/stride"]
+    torch.testing.assert_close(got, decoded, atol=2e-4, rtol=1e-4)
+    with torch.inference_mode():
+        wrapped = OnnxModel(path, threads=1)
+        torch.testing.assert_close(wrapped(x), expected, atol=2e-4, rtol=1e-4)
+        assert (wrapped.labels(x) == expected.argmax(1)).float().mean() > 0.999  # random weights: a few near-ties
     diffs = compare_with_pytorch(model, path, x[:1], threads=1)
     assert diffs["logits"] < 2e-4 < diffs["logits_scale"]
+    # --full-logits: the final upsampling in the graph, for applications that run the graph alone.
+    full = export_onnx(model, tmp_path / "full.onnx", full_logits=True)
+    session = ort_session(full, threads=1)
+    assert session.get_modelmeta().custom_metadata_map["logits"] == "input"
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), expected,
+                               atol=2e-4, rtol=1e-4)
 
 
 def test_detector_onnx_gives_the_same_detections(detector, tmp_path) -> None:

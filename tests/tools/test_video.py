@@ -20,7 +20,7 @@ import torch
 
 from mobiledense.datasets import CocoDetection, make_synthetic_coco
 from mobiledense.heads import create_model, create_segmenter, model_spec
-from mobiledense.tools.benchmark import calibrate_
+from mobiledense.tools.benchmark import calibrate_, calibrate_detector_
 from mobiledense.tools.cli import main
 from mobiledense.tools.engine import CityscapesDataSpec, CocoDataSpec
 from mobiledense.tools.engine.tasks import DetectionTask, save_model_checkpoint
@@ -68,10 +68,7 @@ def det_checkpoint(data, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model(model_spec("ssdlite_mobilenet_v3_small", size=128,
                                     **DetectionTask.class_info(CocoDetection(images, ann))))
-    x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    calibrate_(model, lambda m: m.head_outputs(x))
-    for block in model.head.classification_head.module_list:
-        block[1].bias.data.view(-1, model.num_classes)[:, 0] += 3.0
+    calibrate_detector_(model)
     spec = CocoDataSpec(train_images=str(images), train_ann=str(ann), val_images=str(val_images), val_ann=str(val_ann))
     return save_model_checkpoint(model, spec, tmp_path_factory.mktemp("det") / "last.pt")
 

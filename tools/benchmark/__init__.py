@@ -14,11 +14,11 @@ family (:mod:`.inference`, :mod:`.training`, :mod:`.pipeline`, :mod:`.deployment
 
 from mobiledense.tools.deploy import compare_detections
 
-from .common import BenchConfig, Row, calibrate_
+from .common import BenchConfig, Row, calibrate_, calibrate_detector_
 from .pipeline import synthetic_coco
 from .runner import SECTIONS, run_sections
 from .timing import Timing, machine_info, time_interleaved
 from .training import compile_detector_
 
-__all__ = ["BenchConfig", "Row", "SECTIONS", "Timing", "calibrate_", "compare_detections", "compile_detector_",
-           "machine_info", "run_sections", "synthetic_coco", "time_interleaved"]
+__all__ = ["BenchConfig", "Row", "SECTIONS", "Timing", "calibrate_", "calibrate_detector_", "compare_detections",
+           "compile_detector_", "machine_info", "run_sections", "synthetic_coco", "time_interleaved"]

@@ -105,6 +105,18 @@ def calibrate_(model: nn.Module, forward: Callable[[nn.Module], Any], seed: int 
     return model.eval()
 
 
+def calibrate_detector_(model: nn.Module, background_bias: float = 3.0, seed: int = 1) -> nn.Module:
+    """:func:`calibrate_` an SSDLite on inputs like normalised images at its size, then add
+    ``background_bias`` to every anchor's background logit: background dominates the scores, as
+    after training (a few detections per image instead of every (anchor, class) pair); eval mode."""
+    x = torch.rand(4, 3, *model.size, generator=torch.Generator().manual_seed(seed)) * 2 - 1  # as normalised
+    calibrate_(model, lambda m: m.head_outputs(x))
+    with torch.no_grad():
+        for block in model.head.classification_head.module_list:
+            block[1].bias.data.view(-1, model.num_classes)[:, 0] += background_bias
+    return model.eval()
+
+
 def _tv_ssdlite(background_bias: float) -> nn.Module:
     """torchvision's ssdlite320_mobilenet_v3_large with calibrated weights.
 

@@ -36,7 +36,7 @@ def bench_export(cfg: BenchConfig, device: str) -> list[Row]:
                         "onnxruntime graph + select_detections", "torchvision eager", check,
                         {"input": list(cfg.det_image_size), "onnx_mb": path.stat().st_size / 1e6}))
         _, eager_seg, _, reference = _seg_pair("cpu")
-        path = export_onnx(eager_seg, Path(tmp) / "lraspp.onnx")
+        path = export_onnx(eager_seg, Path(tmp) / "lraspp.onnx", full_logits=True)  # logits as torchvision's
         session = ort_session(path, cfg.threads)
         h, w = cfg.seg_sizes[0]
         x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -46,7 +46,8 @@ def bench_export(cfg: BenchConfig, device: str) -> list[Row]:
             t = time_interleaved({"ours": lambda: session.run(None, {"images": x.numpy()}),
                                   "ref": lambda: reference(x)}, cfg.few, min(cfg.warmup, 2))
         rows.append(Row("export", f"lraspp_mobilenet_v3_large {h}x{w}", "cpu", 1, t["ours"], t["ref"],
-                        "onnxruntime", "torchvision eager", check, {"onnx_mb": path.stat().st_size / 1e6}))
+                        "onnxruntime (export --full-logits)", "torchvision eager", check,
+                        {"onnx_mb": path.stat().st_size / 1e6}))
     return rows
 
 
@@ -87,8 +88,10 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
 
     Detector: SSDLite320 MobileNetV3-Large (trained-like scores) from a batch-1 image of
     ``det_image_size``: resize, network, decoding and NMS. Segmenter: LR-ASPP MobileNetV3-Large at
-    each ``seg_sizes`` (normalisation and upsampling in). ``info["vs_onnxruntime_fp32"]``: the
-    speed-up over our onnxruntime fp32 export (the pre-deploy path) in the same run.
+    each ``seg_sizes``, image -> class ids (normalisation, network, upsampling, argmax; full-size
+    logits of the reference rows argmaxed by ``max(1)``, PyTorch's fast CPU reduction).
+    ``info["vs_onnxruntime_fp32"]``: the speed-up over our onnxruntime fp32 export as it was
+    before (the pre-deploy path; segmenters: the graph with full-size logits) in the same run.
     """
     import importlib.util
     import warnings
@@ -150,8 +153,9 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
             x = torch.rand(1, 3, h, w, generator=g)
             xn = x.numpy()
             cal = [torch.rand(1, 3, h, w, generator=g) for _ in range(2 if cfg.smoke else 8)]
-            timed = {"torchvision eager": lambda x=x: reference(x),
-                     "torchvision onnx on onnxruntime": lambda xn=xn: tv_seg_session.run(None, {"images": xn})}
+            timed = {"torchvision eager": lambda x=x: _class_ids(reference(x)),
+                     "torchvision onnx on onnxruntime":
+                         lambda xn=xn: _class_ids(tv_seg_session.run(None, {"images": xn})[0])}
             if have_ov:
                 import openvino as ov
 
@@ -162,8 +166,15 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
 
                 compiled = compile_model(core, model, {"INFERENCE_NUM_THREADS": cfg.threads,
                                                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-                timed["torchvision onnx on openvino"] = lambda xn=xn, c=compiled: c(xn)
+                timed["torchvision onnx on openvino"] = lambda xn=xn, c=compiled: _class_ids(c(xn)[0])
             checks = {k: {"passed": True, "what": "the reference"} for k in timed}
+            # The pre-deploy path: our onnxruntime graph with the final upsampling inside (full-size logits).
+            full = export_artifact(eager_seg, tmp_path / f"seg_{h}_full.onnx", "onnx", "fp32", full_logits=True)
+            before = load_engine(full, "onnxruntime", cfg.threads)
+            timed[BEFORE_SEG] = lambda e=before, x=x: e.labels(x)
+            checks[BEFORE_SEG] = {"passed": True, "what": "the baseline"}
+            with torch.inference_mode():
+                boundary = _boundary_fraction(eager_seg.decode(x))
             for fmt, precision in _combos(cfg, False):
                 if fmt == "executorch" and i > 0:
                     continue  # a .pte has one input size: exported at the first size only (lowering is slow)
@@ -175,8 +186,10 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
                 check = {k: result[k] for k in ("agreement", "max_abs_diff", "relative_rmse")}
                 check["passed"] = result["relative_rmse"] < RMSE_BOUND[precision]
                 key = f"ours {engine.engine} {precision}"
-                timed[key], checks[key] = (lambda e=engine, x=x: e(x)), check
-            rows += _deploy_rows(cfg, f"lraspp_mobilenet_v3_large {h}x{w}", timed, checks, {})
+                timed[key], checks[key] = (lambda e=engine, x=x: e.labels(x)), check
+            rows += _deploy_rows(cfg, f"lraspp_mobilenet_v3_large {h}x{w}", timed, checks,
+                                 {"output": "class ids", "boundary_fraction": boundary}, baseline=BEFORE_SEG)
+        rows.append(_class_id_row(cfg))
     return rows
 
 
@@ -193,13 +206,62 @@ class _TorchvisionSegGraph(torch.nn.Module):
         return self.model(self.norm(x))["out"]
 
 
+def _class_ids(logits: Any) -> torch.Tensor:
+    """Class ids of full-size logits (an array or tensor), by ``max(1)`` (PyTorch's CPU ``argmax(1)`` of
+    NCHW logits is ~8x slower: references are not charged for it)."""
+    from mobiledense.heads.segmenter import upsampled_argmax
+
+    logits = torch.from_numpy(logits) if not isinstance(logits, torch.Tensor) else logits
+    return upsampled_argmax(logits, tuple(logits.shape[-2:]))
+
+
+def _boundary_fraction(logits: torch.Tensor) -> float:
+    """Fraction of 2x2 source cells of ``logits`` whose argmax differs (what ``upsampled_argmax`` interpolates)."""
+    low = logits.argmax(1)
+    h, w = low.shape[-2:]
+    down, right = torch.arange(1, h + 1).clamp(max=h - 1), torch.arange(1, w + 1).clamp(max=w - 1)
+    below = low[:, down]
+    return ((low != low[:, :, right]) | (low != below) | (low != below[:, :, right])).float().mean().item()
+
+
+def _class_id_row(cfg: BenchConfig) -> Row:
+    """Class ids from LR-ASPP-sized logits (19 x 64 x 128 -> 512 x 1024) whose label map is made of regions,
+    as a trained model's (the bench's random weights give noise): ``upsampled_argmax`` against upsampling
+    every class channel and ``argmax(1)``, as a torchvision user writes it."""
+    import torch.nn.functional as F
+
+    from mobiledense.heads.segmenter import upsampled_argmax
+
+    g = torch.Generator().manual_seed(5)
+    coarse = torch.randn(1, 19, 6, 12, generator=g) * 3
+    logits = F.interpolate(coarse, size=(64, 128), mode="bilinear", align_corners=False)
+    logits = logits + 0.05 * torch.randn(logits.shape, generator=g)
+    size = (512, 1024)
+
+    def reference() -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+
+    with torch.inference_mode():
+        same = torch.equal(upsampled_argmax(logits, size), reference())
+        t = time_interleaved({"ours": lambda: upsampled_argmax(logits, size), "ref": reference}, cfg.repeats,
+                             cfg.warmup)
+    return Row("deploy", "class ids 19x64x128 -> 512x1024, label map of regions", "cpu", 1, t["ours"], t["ref"],
+               "upsampled_argmax (boundary pixels only)", "F.interpolate + argmax(1)",
+               {"passed": same, "identical_labels": same},
+               {"boundary_fraction": _boundary_fraction(logits)})
+
+
+#: The segmenter rows' baseline: our onnxruntime fp32 graph with full-size logits, as exported before.
+BEFORE_SEG = "ours onnxruntime fp32 full logits (pre-deploy path)"
+
+
 def _deploy_rows(cfg: BenchConfig, name: str, timed: dict[str, Any], checks: dict[str, dict],
-                 info: dict[str, Any]) -> list[Row]:
+                 info: dict[str, Any], baseline: str = "ours onnxruntime fp32") -> list[Row]:
     """Time every entry of ``timed`` interleaved; one row each against torchvision eager."""
     with torch.inference_mode():
         t = time_interleaved(timed, cfg.few if "lraspp" in name else cfg.repeats, min(cfg.warmup, 2))
     base = t["torchvision eager"]
-    today = t.get("ours onnxruntime fp32")
+    today = t.get(baseline)
     rows = []
     for key, timing in t.items():
         if key == "torchvision eager":

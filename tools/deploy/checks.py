@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .onnx import DetectorGraph, is_detector
-from .runtime import OnnxDetector, ort_session
+from .runtime import OnnxDetector, OnnxModel
 
 __all__ = ["MIN_AGREEMENT", "check_artifact", "compare_detections", "compare_tensors", "compare_with_pytorch",
            "match_detections"]
@@ -81,7 +81,7 @@ def compare_with_pytorch(model: nn.Module, path: str | Path, images: Tensor, thr
             diffs["same_detections"] = float(compare_detections(ref, out)["passed"])
             return diffs
         expected = model(images)
-        got = torch.from_numpy(ort_session(path, threads).run(None, {"images": images.cpu().numpy()})[0])
+        got = OnnxModel(path, threads)(images.cpu())  # upsampled to input size when the graph decodes at stride
         return {"logits": (got - expected).abs().max().item(), "logits_scale": expected.abs().max().item()}
 
 
@@ -171,7 +171,9 @@ def check_artifact(model: nn.Module, engine: nn.Module, images: Sequence[Tensor]
     err2 = var = 0.0
     with torch.inference_mode():
         for x in images:
-            expected, raw = graph(x), engine.raw(x)
+            # Segmenters: logits at input size on both sides (the wrapper upsamples a graph's
+            # decoder-stride logits); labels from the wrapper's own boundary-only path.
+            expected, raw = (graph(x), engine.raw(x)) if detector else (model(x), [engine(x)])
             expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
             scored = expected[-1]  # scores / logits
             diff = max(diff, (raw[-1] - scored).abs().max().item())
@@ -184,7 +186,8 @@ def check_artifact(model: nn.Module, engine: nn.Module, images: Sequence[Tensor]
                 ref += model(x)
                 got += engine(x)
             else:
-                same += int((scored.argmax(1) == raw[-1].argmax(1)).sum())
+                labels = engine.labels(x) if hasattr(engine, "labels") else raw[-1].argmax(1)
+                same += int((scored.argmax(1) == labels).sum())
                 total += scored.shape[0] * scored.shape[-2] * scored.shape[-1]
     out: dict[str, Any] = match_detections(ref, got) if detector else {"agreement": same / max(total, 1)}
     out.update({"max_abs_diff": diff, "output_scale": scale, "relative_rmse": (err2 / max(var, 1e-30)) ** 0.5,

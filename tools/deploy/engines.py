@@ -9,17 +9,20 @@ that calls ``model.eval().to(device)`` accepts it; it always runs on the CPU.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .onnx import POSTPROCESS_KEYS
 
-__all__ = ["ENGINES", "EngineModel", "load_engine"]
+__all__ = ["ENGINES", "EngineModel", "collect_before_fork", "load_engine"]
 
 #: ``--engine`` names that run an artifact (``pytorch`` runs the checkpoint itself).
 ENGINES = ("onnxruntime", "openvino", "executorch")
@@ -30,16 +33,19 @@ class EngineModel(nn.Module):
 
     Args:
         run: runs the graph on one (N, 3, H, W) float32 array, returns its outputs in order, as
-            arrays nothing else writes to later (not a runtime's reused output buffers).
+            arrays nothing else writes to later (not a runtime's reused output buffers). Subclasses
+            pass None and override :meth:`_infer` instead (a bound method stored on the instance
+            would make a reference cycle: see :func:`collect_before_fork`).
         metadata: the artifact's metadata (:func:`~mobiledense.tools.deploy.onnx.model_metadata`).
         engine: a name for messages (``openvino``, ``onnxruntime``).
     """
 
-    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], metadata: dict[str, str], engine: str
+    def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]] | None, metadata: dict[str, str], engine: str
                  ) -> None:
         super().__init__()
         if metadata.get("mobiledense_task") not in ("det", "seg"):
             raise ValueError(f"this {engine} artifact was not written by mobiledense export (no task metadata)")
+        collect_before_fork()
         self._run, self.metadata, self.engine = run, dict(metadata), engine
         # An empty parameter: code that asks ``next(model.parameters()).device`` gets the CPU.
         self._device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
@@ -52,6 +58,9 @@ class EngineModel(nn.Module):
             for key in POSTPROCESS_KEYS:
                 setattr(self, key, json.loads(metadata[key]))
             self.size = tuple(json.loads(metadata["size"]))
+        #: Segmenters: the graph returns logits at the decoder's stride (:meth:`decode`), which
+        #: :meth:`forward` upsamples; else at input size (``export --full-logits``, smp models).
+        self.decodes_at_stride = self.task == "seg" and metadata.get("logits") == "decoder"
 
     #: :func:`~mobiledense.heads.inference_model` passes such a model through as it is (it runs outside torch).
     runs_outside_torch = True
@@ -73,17 +82,41 @@ class EngineModel(nn.Module):
     def __repr__(self) -> str:
         return f"EngineModel({self.engine}, {self.task}, {self.precision})"
 
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for one (N, 3, H, W) float32 array (``run``, or a subclass's runtime)."""
+        if self._run is None:
+            raise NotImplementedError(f"{type(self).__name__} has no runtime: pass run or override _infer")
+        return self._run(x)
+
     def raw(self, images: Tensor) -> list[Tensor]:
         """The graph outputs for an (N, 3, H, W) batch: ``[boxes, scores]`` or ``[logits]``."""
-        outs = self._run(np.ascontiguousarray(images.detach().cpu().float().numpy()))
+        outs = self._infer(np.ascontiguousarray(images.detach().cpu().float().numpy()))
         # ``run`` returns arrays the caller owns (no copy here: 1024x2048 logits are 160 MB).
         return [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outs]
+
+    def decode(self, images: Tensor) -> Tensor:
+        """A segmenter graph's logits: at the decoder's stride when :attr:`decodes_at_stride`."""
+        return self.raw(images)[0]
+
+    def _logits(self, images: Tensor) -> Tensor:
+        logits = self.decode(images)
+        if self.decodes_at_stride:  # the final upsampling of Segmenter.forward
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def labels(self, images: Tensor, size: tuple[int, int] | None = None, dtype: torch.dtype = torch.int64
+               ) -> Tensor:
+        """A segmenter's class ids (N, H, W) at ``size`` (default: the input's), as ``Segmenter.labels``:
+        the graph's logits upsampled once, interpolated only near class boundaries."""
+        from mobiledense.heads.segmenter import upsampled_argmax
+
+        return upsampled_argmax(self.decode(images), tuple(size or images.shape[-2:]), dtype=dtype)
 
     def forward(self, images: Tensor | Sequence[Tensor]) -> Any:
         if self.task == "seg":
             if isinstance(images, Tensor):
-                return self.raw(images)[0]
-            return [self.raw(im[None])[0][0] for im in images]
+                return self._logits(images)
+            return [self._logits(im[None])[0] for im in images]
         return self._detect(images)
 
     def _detect(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -101,6 +134,26 @@ class EngineModel(nn.Module):
                 det["boxes"] = det["boxes"] * scale
                 results.append(det)
         return results
+
+
+_COLLECTING_BEFORE_FORK = False
+
+
+def collect_before_fork() -> None:
+    """From now on, run the garbage collector in this process just before it forks.
+
+    A forked child (a DataLoader worker) inherits the parent's unreachable objects but none of
+    its threads. When the child's collector then frees an OpenVINO compiled model or infer
+    request left in a reference cycle, its destructor tears down a thread pool whose worker
+    threads exist only in the parent: ``pthread_cond_destroy`` waits for them forever and the
+    worker hangs (seen: a DataLoader worker after an OpenVINO model had been dropped).
+    Collecting in the parent first frees such objects where their threads live. Registered once,
+    when the first artifact is loaded.
+    """
+    global _COLLECTING_BEFORE_FORK
+    if not _COLLECTING_BEFORE_FORK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=gc.collect)
+        _COLLECTING_BEFORE_FORK = True
 
 
 def load_engine(path: str | Path, engine: str | None = None, threads: int | None = None) -> EngineModel:
@@ -127,9 +180,7 @@ def load_engine(path: str | Path, engine: str | None = None, threads: int | None
     if engine == "onnxruntime":
         if path.suffix != ".onnx":
             raise ValueError(f"--engine onnxruntime runs an .onnx file, not {path.name}")
-        from .runtime import ort_session
+        from .runtime import OnnxModel
 
-        session = ort_session(path, threads)
-        return EngineModel(lambda x: session.run(None, {"images": x}),
-                           session.get_modelmeta().custom_metadata_map, "onnxruntime")
+        return OnnxModel(path, threads)
     raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")

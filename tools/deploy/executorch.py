@@ -4,8 +4,9 @@ The program is ``torch.export`` of the same graph the ONNX export traces (:mod:`
 lowered with ``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` and
 written as one ``.pte`` file (weights inside):
 
-* **Segmenter**: the model itself, ``images`` (1, 3, H, W) float RGB in [0, 1] -> ``logits``
-  (1, C, H, W), normalisation and final upsampling included.
+* **Segmenter**: :class:`~.onnx.SegmenterGraph`, ``images`` (1, 3, H, W) float RGB in [0, 1] ->
+  ``logits`` (1, C, h, w) at the decoder's stride, normalisation included; the wrapper upsamples
+  them (``full_logits``: (1, C, H, W), the final upsampling in the program).
 * **Detector**: :class:`~.onnx.DetectorGraph` of ``optimize_for_inference(model,
   channels_last=False)`` (BatchNorm folded), ``images`` (1, 3, H, W) in [0, 1] -> resize to the
   model size, normalise, backbone, head, softmax, box decoding and clipping -> ``boxes`` (1, A, 4)
@@ -15,7 +16,7 @@ written as one ``.pte`` file (weights inside):
 **Static shapes.** A ``.pte`` is exported for one input size (``size``; default: the detector's
 ``model.size``, 512x1024 for segmenters) and batch 1. :class:`ExecuTorchModel` resizes other
 inputs to it (bilinear, ``align_corners=False``): exact for detectors, whose graph resizes to the
-model size anyway; for segmenters the logits are resized back to the input's size, which is not
+model size anyway; for segmenters the logits are upsampled to the input's size, which is not
 what the PyTorch model computes at that size (export at the size you run). Batches run image by
 image.
 
@@ -61,16 +62,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engines import EngineModel
-from .onnx import DetectorGraph, is_detector, model_metadata
+from .formats import REFUSED
+from .onnx import DetectorGraph, SegmenterGraph, is_detector, model_metadata
 
 __all__ = ["BF16_REFUSAL", "DETECTOR_QUANTIZED_MODULES", "EXECUTORCH_PRECISIONS", "ExecuTorchModel",
            "SEGMENTER_DEFAULT_SIZE", "export_executorch", "metadata_path", "read_metadata"]
 
 EXECUTORCH_PRECISIONS = ("fp32", "int8")
-BF16_REFUSAL = ("ExecuTorch's XNNPACK backend has no bf16 convolution kernels: bf16 convolutions are not delegated "
-                "(they would run on the slow portable kernels) and, with the partitioner's opt-in enable_bf16, "
-                "XNNPACK fails to load them (xnn_status_invalid_parameter); use fp32 or int8, or --format "
-                "openvino --precision bf16")
+#: Why bf16 is refused (:data:`~.formats.REFUSED`).
+BF16_REFUSAL = REFUSED["executorch", "bf16"]
 #: Submodules of a detector's :class:`~.onnx.DetectorGraph` (``model.`` + name) that int8 quantizes.
 DETECTOR_QUANTIZED_MODULES = ("backbone", "extra", "head")
 #: (H, W) a segmenter's .pte is exported for when ``size`` is not given (Cityscapes' half resolution).
@@ -155,7 +155,7 @@ def _quantize(graph: nn.Module, example: Tensor, calibration: Sequence[Tensor], 
 
 def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32", *,
                       calibration: Sequence[Tensor] | None = None, size: Sequence[int] | int | None = None,
-                      run_spec: dict | None = None) -> Path:
+                      run_spec: dict | None = None, full_logits: bool = False) -> Path:
     """Write ``path`` (.pte, XNNPACK delegate) and its sidecar ``.pte.json`` for ``model``; returns the .pte path.
 
     Args:
@@ -166,13 +166,11 @@ def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32
         size: (H, W) of the program's fixed input (an int: square). Default: the detector's
             ``model.size``; :data:`SEGMENTER_DEFAULT_SIZE` for segmenters.
         run_spec: the training run's spec (``RunSpec.to_dict()``), stored in the sidecar.
+        full_logits: segmenters: logits at input size in the program (:class:`~.onnx.SegmenterGraph`).
     """
-    if precision == "bf16":
-        raise ValueError(f"precision bf16 is not supported for ExecuTorch: {BF16_REFUSAL}")
-    if precision not in EXECUTORCH_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(EXECUTORCH_PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 needs calibration images (export --calib-images DIR, or --checkpoint: its training set)")
+    from .formats import check_combination
+
+    check_combination("executorch", precision, calibration, exporting=True)
     exir = _executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -185,8 +183,10 @@ def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32
         model = copy.deepcopy(model).cpu()  # the program is traced and runs on the CPU
     detector = is_detector(model)
     h, w = _input_size(model, size)
-    graph: nn.Module = DetectorGraph(optimize_for_inference(model, channels_last=False)) if detector else model
+    graph: nn.Module = (DetectorGraph(optimize_for_inference(model, channels_last=False)) if detector
+                        else SegmenterGraph(model, full_logits))
     graph = graph.eval()
+    logits_at = "input" if detector else graph.logits_at
     example = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     if precision == "int8":
         graph = _quantize(graph, example, calibration, detector)
@@ -195,7 +195,7 @@ def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32
         lowered = exir.to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer
     path.write_bytes(buffer)
-    meta = model_metadata(model, precision, run_spec)
+    meta = model_metadata(model, precision, run_spec, logits_at)
     meta.update({"input_size": json.dumps([h, w]), "engine": "executorch", "delegate": "xnnpack"})
     if precision == "int8":
         meta["quantized_modules"] = json.dumps(list(DETECTOR_QUANTIZED_MODULES) if detector else ["*"])
@@ -230,7 +230,7 @@ class ExecuTorchModel(EngineModel):
         self.path = path
         self._program = Runtime.get().load_program(path)
         self._method = self._program.load_method("forward")
-        super().__init__(self._infer, meta, "executorch")
+        super().__init__(None, meta, "executorch")
         self.input_size: tuple[int, int] = tuple(json.loads(meta["input_size"]))
 
     def __repr__(self) -> str:
@@ -244,7 +244,7 @@ class ExecuTorchModel(EngineModel):
         per_output: list[list[Tensor]] = []
         for one in images.split(1):
             outs = self._method.execute([_resize(one.float(), self.input_size).contiguous()])
-            if self.task == "seg":
+            if self.task == "seg" and not self.decodes_at_stride:  # logits at the program's input size
                 outs = [_resize(o, (h, w)) for o in outs]
             if not per_output:
                 per_output = [[] for _ in outs]

@@ -3,8 +3,14 @@
 What the graphs compute (``torch.onnx.export(dynamo=False)``, opset 17, batch/height/width
 dynamic; BatchNorm folded first by ``optimize_for_inference``, which ONNX Runtime would do too):
 
-* **Segmenter**: ``images`` (N, 3, H, W) float RGB in [0, 1] -> ``logits`` (N, C, H, W),
-  normalisation and final upsampling included: ``model(images)``.
+* **Segmenter**: ``images`` (N, 3, H, W) float RGB in [0, 1] -> ``logits`` (N, C, h, w) at the
+  decoder's stride (``model.decode(images)``, normalisation included; metadata ``logits`` =
+  ``decoder``): the runtime wrappers upsample them (bilinear, as ``model(images)`` does) to
+  the input size, and compute class ids by interpolating only near class boundaries
+  (:func:`~mobiledense.heads.segmenter.upsampled_argmax`), which the full-size upsampling of
+  every class channel in the graph would make several times slower. ``full_logits=True`` (and
+  models without ``decode``, smp ones) exports ``model(images)`` at input size instead
+  (``logits`` = ``input``), for applications that want the graph alone.
 * **Detector**: ``images`` (N, 3, H, W) float RGB in [0, 1], any size -> resize to the
   model size, normalise, backbone and head, softmax (sigmoid for focal-loss models), box
   decoding and clipping: ``boxes`` (N, A, 4) xyxy in model-input pixels and ``scores``
@@ -27,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DETECTOR_FLOAT_SCOPE", "DetectorGraph", "ONNX_PRECISIONS", "POSTPROCESS_KEYS", "export_onnx",
-           "is_detector", "model_metadata", "quantize_onnx"]
+__all__ = ["DETECTOR_FLOAT_SCOPE", "DetectorGraph", "ONNX_PRECISIONS", "POSTPROCESS_KEYS", "SegmenterGraph",
+           "export_onnx", "is_detector", "model_metadata", "quantize_onnx"]
 
 POSTPROCESS_KEYS = ("score_thresh", "topk_candidates", "nms_thresh", "detections_per_img")
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -61,7 +67,22 @@ class DetectorGraph(nn.Module):
         return m.dense_predictions((batch - m.image_mean[:, None, None]) / m.image_std[:, None, None])
 
 
-def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = None) -> dict[str, str]:
+class SegmenterGraph(nn.Module):
+    """The exportable part of a segmenter: images in [0, 1] -> logits at the decoder's stride
+    (``model.decode``), or at input size (``model(images)``) when ``full_logits`` or the model has
+    no ``decode``; ``logits_at`` says which (``decoder`` / ``input``, the metadata's ``logits``)."""
+
+    def __init__(self, model: nn.Module, full_logits: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.logits_at = "decoder" if getattr(model, "decodes_at_stride", False) and not full_logits else "input"
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.decode(images) if self.logits_at == "decoder" else self.model(images)
+
+
+def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = None, logits_at: str = "input"
+                   ) -> dict[str, str]:
     """What an exported artifact carries (ONNX ``metadata_props``, OpenVINO ``rt_info``), values as strings.
 
     ``mobiledense_task`` (det/seg), ``num_classes``, ``precision``, ``mean``/``std`` (the
@@ -69,7 +90,8 @@ def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = Non
     :class:`~mobiledense.heads.ModelSpec` JSON; empty when unknown); detectors add ``size``
     (the network input the graph resizes to) and the NMS settings (:data:`POSTPROCESS_KEYS`);
     ``run_spec`` (the training run's whole spec, when exported from a checkpoint) lets ``eval`` /
-    ``predict --artifact`` find the run's data and resolution with no other flag.
+    ``predict --artifact`` find the run's data and resolution with no other flag. Segmenters add
+    ``logits`` (``logits_at``: ``decoder`` or ``input``, :class:`SegmenterGraph`).
     """
     detector = is_detector(model)
     spec = getattr(model, "spec", None)
@@ -87,12 +109,15 @@ def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = Non
     if detector:
         meta.update({k: json.dumps(getattr(model, k)) for k in POSTPROCESS_KEYS})
         meta["size"] = json.dumps(list(model.size))
+    else:
+        meta["logits"] = logits_at
     return meta
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bool = True,
                 sample_size: tuple[int, int] | None = None, precision: str = "fp32",
-                calibration: Sequence[Tensor] | None = None, run_spec: dict | None = None) -> Path:
+                calibration: Sequence[Tensor] | None = None, run_spec: dict | None = None,
+                full_logits: bool = False) -> Path:
     """Export a detector or segmenter (eval mode) to ``path``; returns the path.
 
     Args:
@@ -104,15 +129,12 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bo
         precision: ``fp32``, or ``int8`` (:func:`quantize_onnx`, calibrated on ``calibration``:
             (1, 3, H, W) float images in [0, 1]). ``bf16`` is refused (:data:`.formats.REFUSED` says why).
         run_spec: the training run's spec (``RunSpec.to_dict()``), stored in the metadata.
+        full_logits: segmenters: logits at input size in the graph (default: at the decoder's
+            stride, upsampled by the runtime wrapper; :class:`SegmenterGraph`).
     """
-    if precision == "bf16":
-        from .formats import check_combination
+    from .formats import check_combination
 
-        check_combination("onnx", "bf16")
-    if precision not in ONNX_PRECISIONS:
-        raise ValueError(f"ONNX precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 needs calibration images (export --calib-images DIR, or --checkpoint: its training set)")
+    check_combination("onnx", precision, calibration, exporting=True)
     from mobiledense.heads.inference import optimize_for_inference
 
     path = Path(path)
@@ -127,8 +149,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bo
         outputs, axes = ["boxes", "scores"], {"boxes": {0: "batch"}, "scores": {0: "batch"}}
     else:
         size = sample_size or (128, 160)
-        graph, outputs = net, ["logits"]
-        axes = {"logits": {0: "batch", 2: "height", 3: "width"}}
+        graph, outputs = SegmenterGraph(net, full_logits).eval(), ["logits"]
+        suffix = "" if graph.logits_at == "input" else "/stride"
+        axes = {"logits": {0: "batch", 2: "height" + suffix, 3: "width" + suffix}}
     device = next(model.parameters()).device
     x = torch.rand(2, 3, *size, device=device)
     with warnings.catch_warnings(), torch.no_grad():
@@ -142,7 +165,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bo
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    for key, value in model_metadata(model, precision, run_spec).items():
+    logits_at = graph.logits_at if isinstance(graph, SegmenterGraph) else "input"
+    for key, value in model_metadata(model, precision, run_spec, logits_at).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .engines import EngineModel
-from .onnx import DETECTOR_FLOAT_SCOPE, export_onnx, is_detector, model_metadata
+from .onnx import DETECTOR_FLOAT_SCOPE, SegmenterGraph, export_onnx, is_detector, model_metadata
 
 __all__ = ["DETECTOR_FLOAT_SCOPE", "OPENVINO_PRECISIONS", "OpenVinoModel", "compile_model", "cpu_capabilities",
            "export_openvino", "read_metadata", "widen_signal_stack"]
@@ -118,7 +118,7 @@ def _quantize(ov_model: Any, images: Sequence[Tensor], detector: bool, bias_corr
 
 def export_openvino(model: nn.Module, path: str | Path, precision: str = "fp32", *,
                     calibration: Sequence[Tensor] | None = None, bias_correction: bool = True,
-                    run_spec: dict | None = None) -> Path:
+                    run_spec: dict | None = None, full_logits: bool = False) -> Path:
     """Write ``path`` (.xml + .bin) for ``model`` at ``precision``; returns the .xml path.
 
     Args:
@@ -127,21 +127,22 @@ def export_openvino(model: nn.Module, path: str | Path, precision: str = "fp32",
         calibration: int8 only: (1, 3, H, W) float images in [0, 1], real ones (a few dozen).
         bias_correction: int8: NNCF's fast bias correction (slower export, usually more accurate).
         run_spec: the training run's spec (``RunSpec.to_dict()``), stored with the metadata.
+        full_logits: segmenters: logits at input size in the graph (:class:`~.onnx.SegmenterGraph`).
     """
-    if precision not in OPENVINO_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(OPENVINO_PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 needs calibration images (export --calib-images DIR, or --checkpoint: its training set)")
+    from .formats import check_combination
+
+    check_combination("openvino", precision, calibration, exporting=True)
     ov = _ov()
     path = Path(path).with_suffix(".xml")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", full_logits=full_logits)
         ov_model = ov.convert_model(str(onnx_path))
     if precision == "int8":
         ov_model = _quantize(ov_model, calibration, is_detector(model), bias_correction)
-    for key, value in model_metadata(model, precision, run_spec).items():
+    logits_at = "input" if is_detector(model) else SegmenterGraph(model, full_logits).logits_at
+    for key, value in model_metadata(model, precision, run_spec, logits_at).items():
         ov_model.set_rt_info(value, ["mobiledense", key])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
     return path
@@ -153,7 +154,7 @@ def read_metadata(ov_model: Any) -> dict[str, str]:
         return {}
     out = {}
     for key in ("mobiledense_task", "num_classes", "precision", "mean", "std", "class_names", "category_ids",
-                "spec", "run_spec", "size", "score_thresh", "topk_candidates", "nms_thresh", "detections_per_img"):
+                "spec", "run_spec", "logits", "size", "score_thresh", "topk_candidates", "nms_thresh", "detections_per_img"):
         if ov_model.has_rt_info(["mobiledense", key]):
             out[key] = ov_model.get_rt_info(["mobiledense", key]).astype(str)
     return out
@@ -187,7 +188,7 @@ class OpenVinoModel(EngineModel):
         self.static_shapes = True if static_shapes is None else static_shapes
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._cache = cache
-        super().__init__(self._infer, meta, "openvino")
+        super().__init__(None, meta, "openvino")
         self.precision = precision or stored
 
     def _request(self, shape: tuple[int, ...]) -> Any:

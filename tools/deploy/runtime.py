@@ -1,17 +1,13 @@
-"""Runtime wrappers of exported graphs: onnxruntime sessions and :class:`OnnxDetector`."""
+"""onnxruntime: sessions, :class:`OnnxModel` (any exported graph) and :class:`OnnxDetector`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
-from torch import Tensor
+from .engines import EngineModel
 
-from .onnx import POSTPROCESS_KEYS
-
-__all__ = ["OnnxDetector", "ort_session"]
+__all__ = ["OnnxDetector", "OnnxModel", "ort_session"]
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -32,41 +28,30 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-class OnnxDetector:
+class OnnxModel(EngineModel):
+    """An exported .onnx on an onnxruntime CPU session (:func:`ort_session`), called like our PyTorch model."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.session = ort_session(path, threads)
+        super().__init__(None, self.session.get_modelmeta().custom_metadata_map, "onnxruntime")
+
+    def _infer(self, x: Any) -> list[Any]:
+        return self.session.run(None, {"images": x})
+
+
+class OnnxDetector(OnnxModel):
     """An exported detector with its post-processing: ``OnnxDetector(path)(images) -> detections``.
 
     ``images``: an (N, 3, H, W) float tensor in [0, 1] (any size) or a list of (3, H, W)
     images (each run at its own size). Returns what ``SSDLite`` returns in eval mode:
-    per image ``{"boxes" (M, 4) xyxy in input pixels, "scores", "labels"}``.
+    per image ``{"boxes" (M, 4) xyxy in input pixels, "scores", "labels"}``; ``raw(images)``
+    gives the graph's ``[boxes, scores]``.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        self.session = ort_session(path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("mobiledense_task") != "det":
+        try:
+            super().__init__(path, threads)
+        except ValueError:  # no task metadata at all
+            self.task = None
+        if self.task != "det":
             raise ValueError(f"{path} is not a detector exported by mobiledense export (no detector metadata)")
-        for key in POSTPROCESS_KEYS:
-            setattr(self, key, json.loads(meta[key]))
-        self.size = tuple(json.loads(meta["size"]))
-
-    def raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """The graph's (boxes, scores) for an (N, 3, H, W) batch."""
-        boxes, scores = self.session.run(None, {"images": images.detach().cpu().float().numpy()})
-        return torch.from_numpy(boxes), torch.from_numpy(scores)
-
-    def __call__(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        from mobiledense.heads import select_detections
-
-        batches = [images] if isinstance(images, Tensor) else [im[None] for im in images]
-        results = []
-        for batch in batches:
-            boxes, scores = self.raw(batch)
-            h, w = self.size
-            scale = torch.tensor([batch.shape[-1] / w, batch.shape[-2] / h] * 2)
-            for b, s in zip(boxes, scores):
-                det = select_detections(b, s, self.score_thresh, self.topk_candidates, self.nms_thresh,
-                                        self.detections_per_img)
-                det["boxes"] = det["boxes"] * scale
-                results.append(det)
-        return results
-

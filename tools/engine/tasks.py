@@ -26,7 +26,7 @@ from mobiledense.backbones.pretrained import is_weights_name
 from mobiledense.heads import create_model, resolve
 from mobiledense.heads.registry import load_for_finetuning, with_weights
 from mobiledense.heads.inference import inference_model
-from mobiledense.heads.segmenter import upsampled_argmax
+from mobiledense.heads.segmenter import coarse_logits, upsampled_argmax
 from mobiledense.heads.spec import ModelSpec
 
 from .checkpoint import load_checkpoint
@@ -294,14 +294,15 @@ class SegmentationTask:
     def predict(self, model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                 scale: float | None = None) -> np.ndarray:
         """Train ids (H, W uint8) of one uint8 RGB image, resized as ``eval seg`` resizes its frames
-        (bilinear up, area down; :meth:`predict_size`), logits upsampled to the image in row strips
-        (:func:`~mobiledense.heads.segmenter.upsampled_argmax`: an 8000x8000 photo stays under 2 GiB)."""
+        (bilinear up, area down; :meth:`predict_size`), logits upsampled once from the decoder's stride to
+        the image, as ``eval seg`` does, in row strips (:func:`~mobiledense.heads.segmenter.upsampled_argmax`:
+        an 8000x8000 photo stays under 2 GiB)."""
         from mobiledense.datasets.seg_transforms import eval_resize
 
         h, w = image.shape[:2]
         x = eval_resize(image, self.predict_size(h, w, scale))
         with torch.inference_mode():  # strips: bounded memory on huge photos
-            pred = upsampled_argmax(model(x[None].to(device)), (h, w), dtype=torch.uint8)[0]
+            pred = upsampled_argmax(coarse_logits(model, x[None].to(device)), (h, w), dtype=torch.uint8)[0]
         return pred.cpu().numpy()
 
 

@@ -9,14 +9,16 @@ are the one-call forms the tools and the trainer use.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from mobiledense.heads.segmenter import coarse_logits, upsampled_argmax
 
 from .cityscapes import SegConfusion, SegMetrics
 from .coco import CocoEvalResult, detections_to_coco_results, evaluate_coco
@@ -102,9 +104,7 @@ class SegmentationEvaluator(DatasetEvaluator):
     def process(self, inputs: Any, outputs: Tensor) -> None:
         _, masks = inputs
         masks = masks.to(outputs.device)
-        if outputs.shape[-2:] != masks.shape[-2:]:
-            outputs = F.interpolate(outputs, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        pred = outputs.argmax(1)
+        pred = upsampled_argmax(outputs, tuple(masks.shape[-2:]))  # bilinear to the labels' size, then argmax
         if self.instances is None:
             self.conf.update(pred, masks)
         for j, p in enumerate(pred):
@@ -187,7 +187,9 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.devi
     """mIoU & co. of ``model`` over ``dataset`` (yielding ``(image, mask)``), one frame at a time.
 
     Logits are upsampled (bilinear) to the mask's resolution, so evaluating a half-resolution
-    input still scores against the full-resolution labels. ``on_prediction(index, train_ids)``
+    input still scores against the full-resolution labels: once, from the decoder's stride
+    (:func:`~mobiledense.heads.segmenter.coarse_logits`), interpolated only near class boundaries
+    (:func:`~mobiledense.heads.segmenter.upsampled_argmax`). ``on_prediction(index, train_ids)``
     is called per frame. ``distributed=True`` sums the confusion over ranks (each scoring its
     own shard); the default scores the whole set in this process alone (the trainer evaluates
     on rank 0 only, so no collective may run here).
@@ -198,4 +200,5 @@ def evaluate_segmenter(model: nn.Module, dataset: Dataset, *, device: torch.devi
                                       on_prediction, getattr(dataset, "instance_ids", None))
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers)
-    return inference_on_dataset(model, loader, evaluator, device=device, progress=progress, desc="segment")
+    return inference_on_dataset(partial(coarse_logits, model), loader, evaluator, device=device, progress=progress,
+                                desc="segment")

@@ -279,7 +279,8 @@ class SegmentationTask:
         for i in range(min(count, len(dataset))):
             x = dataset[i][0]
             with torch.inference_mode():
-                pred = model(x[None].to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                pred = upsampled_argmax(coarse_logits(model, x[None].to(device)), tuple(x.shape[-2:]),
+                                        dtype=torch.uint8)[0].cpu().numpy()
             image = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             out.append(segmentation_overlay(image, pred, alpha, self.spec.model.class_names or None))
         return out

@@ -28,7 +28,7 @@ from .registry import (
 )
 from .anchors import DefaultBoxes
 from .box_coder import BoxCoder
-from .convert import from_torchvision_ssdlite, lraspp_from_torchvision
+from .convert import from_torchvision_ssdlite, lraspp_from_torchvision, lraspp_to_torchvision
 from .detector import SSDLite, build_ssdlite, create_detector, detector_madds
 from .inference import (
     FusedConv2d,
@@ -95,6 +95,7 @@ __all__ = [
     "inference_model",
     "list_models",
     "lraspp_from_torchvision",
+    "lraspp_to_torchvision",
     "model_spec",
     "model_task",
     "multibox_loss",

@@ -72,6 +72,20 @@ def lraspp_from_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
     return out
 
 
+def lraspp_to_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map :class:`Segmenter` keys (``backbone.features.*``, ``decoder.*``) back to torchvision ``LRASPP`` keys:
+    the inverse of :func:`lraspp_from_torchvision`, for an LR-ASPP built in torchvision's layout."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("backbone.features."):
+            out["backbone." + k[len("backbone.features."):]] = v
+        elif k.startswith("decoder."):
+            out["classifier." + k[len("decoder."):]] = v
+        else:
+            raise KeyError(f"unexpected key {k!r}: not an LR-ASPP over a MobileNetV3 backbone in torchvision's layout")
+    return out
+
+
 def ssdlite_weights(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A detector state_dict in our layout: torchvision's (``backbone.extra.*`` keys) converted, ours as is."""
     return from_torchvision_ssdlite(sd) if any(k.startswith("backbone.extra.") for k in sd) else dict(sd)

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real COCO subset for the data section (images/val2017, annotations/)")
     parser.add_argument("--eval-images", type=int, default=5000, help="synthetic COCO images (default 5000)")
     parser.add_argument("--eval-dets", type=int, default=20, help="detections per synthetic image (default 20)")
+    parser.add_argument("--seg-checkpoint", type=Path, metavar="CKPT",
+                        help="deploy section: time the LR-ASPP rows with this trained checkpoint (an LR-ASPP "
+                             "MobileNetV3-Large in torchvision's layout) on its run's frames, whose label maps are "
+                             "a trained model's (default: calibrated random weights on random images)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our network in the CUDA training step")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 repeats: checks that it runs (CI)")
     parser.add_argument("--json", type=Path, help="write every row (timings, checks, machine) to this file")
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     devices = tuple(args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])))
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         raise ValueError("--devices cuda: CUDA is not available on this machine")
-    kw = dict(devices=devices, threads=threads, coco_dir=args.coco_dir, compile=args.compile)
+    kw = dict(devices=devices, threads=threads, coco_dir=args.coco_dir, compile=args.compile,
+              seg_checkpoint=args.seg_checkpoint)
     if args.smoke:
         cfg = BenchConfig.smoke_config(**kw)
     else:

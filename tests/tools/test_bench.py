@@ -146,3 +146,30 @@ def test_invalid_options_are_named(capsys) -> None:
     err = capsys.readouterr().err
     assert "--repeats must be >= 1, got 0" in err and "--batch must be >= 1, got 0" in err
     assert "--threads must be >= 1, got 0" in err
+
+
+def test_seg_checkpoint_gives_torchvision_the_same_trained_weights_and_the_runs_frames(tmp_path) -> None:
+    """``bench --seg-checkpoint``: the reference rows run torchvision's LR-ASPP with the checkpoint's weights, on
+    the run's frames; a segmenter in another layout is refused with the reason."""
+    from mobiledense.datasets import make_synthetic_cityscapes
+    from mobiledense.heads import lraspp_mobilenet_v3_large, lraspp_mobilenet_v3_small
+    from mobiledense.tools.benchmark.common import BenchConfig, _seg_pair, calibrate_
+    from mobiledense.tools.benchmark.deployment import _run_frames
+    from mobiledense.tools.engine import CityscapesDataSpec
+    from mobiledense.tools.engine.tasks import save_model_checkpoint
+
+    root = make_synthetic_cityscapes(tmp_path / "city", num_train=3, num_val=1, size=(64, 128), seed=0)
+    torch.manual_seed(0)
+    model = lraspp_mobilenet_v3_large(num_classes=19)
+    calibrate_(model, lambda m: m(torch.rand(2, 3, 64, 128)))
+    ckpt = save_model_checkpoint(model, CityscapesDataSpec(root=str(root)), tmp_path / "seg.pt")
+    tv, ours, optimised, reference = _seg_pair("cpu", ckpt)
+    frames = _run_frames(BenchConfig(seg_checkpoint=ckpt))(2, (64, 128))
+    assert len(frames) == 2 and frames[0].shape == (1, 3, 64, 128) and 0 <= frames[0].min() < frames[0].max() <= 1
+    with torch.no_grad():
+        torch.testing.assert_close(reference(frames[0]), model(frames[0]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(optimised(frames[0]), model(frames[0]), atol=1e-3, rtol=1e-3)
+    other = save_model_checkpoint(lraspp_mobilenet_v3_small(num_classes=19).eval(), CityscapesDataSpec(root=str(root)),
+                                  tmp_path / "small.pt")
+    with pytest.raises(ValueError, match="not an LR-ASPP MobileNetV3-Large in torchvision's layout"):
+        _seg_pair("cpu", other)

@@ -61,6 +61,8 @@ class BenchConfig:
     backbone_size: int = 224
     seg_train_size: int = 384
     compile: bool = False
+    #: deploy section: a trained LR-ASPP checkpoint for the segmenter rows (its weights and its run's frames).
+    seg_checkpoint: Path | None = None
 
     @classmethod
     def smoke_config(cls, **kw: Any) -> "BenchConfig":
@@ -159,12 +161,29 @@ def _det_images(cfg: BenchConfig, n: int, device: str, seed: int = 0) -> list[Te
     return [torch.rand(3, *cfg.det_image_size, generator=g).to(device) for _ in range(n)]
 
 
-def _seg_pair(device: str) -> tuple[nn.Module, nn.Module, nn.Module, Callable[[Tensor], Tensor]]:
+def _seg_pair(device: str, checkpoint: str | Path | None = None
+              ) -> tuple[nn.Module, nn.Module, nn.Module, Callable[[Tensor], Tensor]]:
+    """(torchvision, ours eager, ours optimised, torchvision + normalisation) LR-ASPP MobileNetV3-Large with the
+    same weights: calibrated random ones, or a trained ``checkpoint``'s (an LR-ASPP in torchvision's layout)."""
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large as tv_lraspp
 
     from mobiledense.heads import optimize_for_inference
-    from mobiledense.heads import lraspp_from_torchvision, lraspp_mobilenet_v3_large
+    from mobiledense.heads import lraspp_from_torchvision, lraspp_mobilenet_v3_large, lraspp_to_torchvision
     from mobiledense.heads.segmenter import Normalize
+
+    if checkpoint is not None:
+        from mobiledense.tools.engine.tasks import load_trained_model
+
+        ours, _ = load_trained_model(checkpoint, "seg")
+        tv = tv_lraspp(weights=None, weights_backbone=None, num_classes=ours.num_classes)
+        try:
+            tv.load_state_dict(lraspp_to_torchvision(ours.state_dict()))
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"--seg-checkpoint {checkpoint}: not an LR-ASPP MobileNetV3-Large in torchvision's "
+                             f"layout (the reference rows need torchvision's lraspp_mobilenet_v3_large with the same "
+                             f"weights): {str(e).splitlines()[0]}") from e
+        tv, ours, norm = tv.eval().to(device), ours.eval().to(device), Normalize().to(device)
+        return tv, ours, optimize_for_inference(ours), lambda images: tv(norm(images))["out"]
 
     torch.manual_seed(0)
     tv = tv_lraspp(weights=None, weights_backbone=None, num_classes=19)

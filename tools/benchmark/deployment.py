@@ -140,7 +140,8 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
         rows += _deploy_rows(cfg, "ssdlite320_mobilenet_v3_large end to end", timed, checks,
                              {"input": list(cfg.det_image_size)})
         # --- segmenter
-        tv_seg_model, eager_seg, _, reference = _seg_pair("cpu")
+        tv_seg_model, eager_seg, _, reference = _seg_pair("cpu", cfg.seg_checkpoint)
+        frames = _run_frames(cfg)
         tv_seg = _TorchvisionSegGraph(tv_seg_model).eval()
         tv_seg_onnx = tmp_path / "tv_lraspp.onnx"
         with warnings.catch_warnings(), torch.no_grad():
@@ -150,9 +151,10 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
                               dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
         tv_seg_session = ort_session(tv_seg_onnx, cfg.threads)
         for i, (h, w) in enumerate(cfg.seg_sizes):
-            x = torch.rand(1, 3, h, w, generator=g)
+            x = torch.rand(1, 3, h, w, generator=g) if frames is None else frames(1, (h, w))[0]
             xn = x.numpy()
-            cal = [torch.rand(1, 3, h, w, generator=g) for _ in range(2 if cfg.smoke else 8)]
+            cal = ([torch.rand(1, 3, h, w, generator=g) for _ in range(2 if cfg.smoke else 8)] if frames is None
+                   else frames(2 if cfg.smoke else 8, (h, w)))
             timed = {"torchvision eager": lambda x=x: _class_ids(reference(x)),
                      "torchvision onnx on onnxruntime":
                          lambda xn=xn: _class_ids(tv_seg_session.run(None, {"images": xn})[0])}
@@ -187,8 +189,10 @@ def bench_deploy(cfg: BenchConfig, device: str) -> list[Row]:
                 check["passed"] = result["relative_rmse"] < RMSE_BOUND[precision]
                 key = f"ours {engine.engine} {precision}"
                 timed[key], checks[key] = (lambda e=engine, x=x: e.labels(x)), check
+            weights = "random" if cfg.seg_checkpoint is None else str(cfg.seg_checkpoint)
             rows += _deploy_rows(cfg, f"lraspp_mobilenet_v3_large {h}x{w}", timed, checks,
-                                 {"output": "class ids", "boundary_fraction": boundary}, baseline=BEFORE_SEG)
+                                 {"output": "class ids", "boundary_fraction": boundary, "weights": weights},
+                                 baseline=BEFORE_SEG)
         rows.append(_class_id_row(cfg))
     return rows
 
@@ -204,6 +208,19 @@ class _TorchvisionSegGraph(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.norm(x))["out"]
+
+
+def _run_frames(cfg: BenchConfig) -> Any:
+    """With ``--seg-checkpoint``: ``(count, size) -> [(1, 3, H, W)]`` frames of its run (training split, evaluation
+    transforms: the first is timed, the rest calibrate int8); else None (random images)."""
+    if cfg.seg_checkpoint is None:
+        return None
+    from mobiledense.tools.deploy.calibration import calibration_images
+    from mobiledense.tools.engine.checkpoint import load_checkpoint
+    from mobiledense.tools.engine.spec import RunSpec
+
+    spec = RunSpec.from_dict(load_checkpoint(cfg.seg_checkpoint)["spec"], cfg.seg_checkpoint)
+    return lambda count, size: calibration_images(spec=spec, count=count, size=size)
 
 
 def _class_ids(logits: Any) -> torch.Tensor:

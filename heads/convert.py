@@ -60,29 +60,28 @@ def lraspp_from_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
     ``IntermediateLayerGetter`` (``backbone.<i>.*``) and names the head
     ``classifier``; here they are ``backbone.features.<i>.*`` and ``decoder.*``.
     """
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith("backbone."):
-            out["backbone.features." + k[len("backbone."):]] = v
-        elif k.startswith("classifier."):
-            out["decoder." + k[len("classifier."):]] = v
-        else:
-            raise KeyError(f"unexpected key {k!r} in a torchvision LR-ASPP state_dict "
-                           "(aux heads are not supported)")
-    return out
+    return _renamed(state_dict, _LRASPP_PREFIXES, " in a torchvision LR-ASPP state_dict (aux heads are not supported)")
 
 
 def lraspp_to_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Map :class:`Segmenter` keys (``backbone.features.*``, ``decoder.*``) back to torchvision ``LRASPP`` keys:
     the inverse of :func:`lraspp_from_torchvision`, for an LR-ASPP built in torchvision's layout."""
+    return _renamed(state_dict, tuple((ours, theirs) for theirs, ours in _LRASPP_PREFIXES),
+                    ": not an LR-ASPP over a MobileNetV3 backbone in torchvision's layout")
+
+
+#: (torchvision prefix, our prefix) of an LR-ASPP state_dict.
+_LRASPP_PREFIXES = (("backbone.", "backbone.features."), ("classifier.", "decoder."))
+
+
+def _renamed(state_dict: Mapping[str, Tensor], prefixes: tuple[tuple[str, str], ...], what: str) -> dict[str, Tensor]:
+    """Keys with their first matching ``(old, new)`` prefix replaced; a KeyError naming a key no prefix matches."""
     out = {}
     for k, v in state_dict.items():
-        if k.startswith("backbone.features."):
-            out["backbone." + k[len("backbone.features."):]] = v
-        elif k.startswith("decoder."):
-            out["classifier." + k[len("decoder."):]] = v
-        else:
-            raise KeyError(f"unexpected key {k!r}: not an LR-ASPP over a MobileNetV3 backbone in torchvision's layout")
+        old, new = next(((o, n) for o, n in prefixes if k.startswith(o)), (None, None))
+        if old is None:
+            raise KeyError(f"unexpected key {k!r}{what}")
+        out[new + k[len(old):]] = v
     return out
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mobiledense.backbones import Backbone
 
-__all__ = ["Segmenter", "Decoder", "check_image_batch", "coarse_logits", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["Segmenter", "Decoder", "boundary_cells", "check_image_batch", "coarse_logits", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD",
            "upsampled_argmax"]
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's classifier preset).
@@ -135,10 +135,7 @@ def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 
     i0, i1, wy = _source_index(h, height, device)
     j0, j1, wx = _source_index(w, width, device)
     low = _argmax1(logits)  # (N, h, w)
-    # Cells whose 2x2 sources (clamped at the last row / column, as the sources are) agree.
-    down, right = (torch.arange(1, k + 1, device=device).clamp(max=k - 1) for k in (h, w))
-    below = low[:, down]
-    disagree = (low != low[:, :, right]) | (low != below) | (low != below[:, :, right])
+    disagree = boundary_cells(low)
     dense = disagree.float().mean().item() > _DENSE_FRACTION
     if dense and n * c * height * width <= max_elements:
         return _argmax1(F.interpolate(logits, size=size, mode="bilinear", align_corners=False)).to(dtype)
@@ -163,6 +160,15 @@ def upsampled_argmax(logits: Tensor, size: tuple[int, int], max_elements: int = 
             labels[b, py, px] = torch.lerp(left, right_, wx[px]).max(0).indices.to(dtype)
         out[:, ys] = labels
     return out
+
+
+def boundary_cells(labels: Tensor) -> Tensor:
+    """(N, h, w) bool: the 2x2 cells of an (N, h, w) label map (clamped at the last row / column, as bilinear
+    sources are) whose labels disagree: where :func:`upsampled_argmax` interpolates."""
+    h, w = labels.shape[-2:]
+    down, right = (torch.arange(1, k + 1, device=labels.device).clamp(max=k - 1) for k in (h, w))
+    below = labels[:, down]
+    return (labels != labels[:, :, right]) | (labels != below) | (labels != below[:, :, right])
 
 
 def _argmax1(x: Tensor) -> Tensor:

@@ -186,7 +186,6 @@ def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32
     graph: nn.Module = (DetectorGraph(optimize_for_inference(model, channels_last=False)) if detector
                         else SegmenterGraph(model, full_logits))
     graph = graph.eval()
-    logits_at = "input" if detector else graph.logits_at
     example = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     if precision == "int8":
         graph = _quantize(graph, example, calibration, detector)
@@ -195,7 +194,7 @@ def export_executorch(model: nn.Module, path: str | Path, precision: str = "fp32
         lowered = exir.to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer
     path.write_bytes(buffer)
-    meta = model_metadata(model, precision, run_spec, logits_at)
+    meta = model_metadata(model, precision, run_spec, full_logits)
     meta.update({"input_size": json.dumps([h, w]), "engine": "executorch", "delegate": "xnnpack"})
     if precision == "int8":
         meta["quantized_modules"] = json.dumps(list(DETECTOR_QUANTIZED_MODULES) if detector else ["*"])

@@ -81,7 +81,7 @@ class SegmenterGraph(nn.Module):
         return self.model.decode(images) if self.logits_at == "decoder" else self.model(images)
 
 
-def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = None, logits_at: str = "input"
+def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = None, full_logits: bool = False
                    ) -> dict[str, str]:
     """What an exported artifact carries (ONNX ``metadata_props``, OpenVINO ``rt_info``), values as strings.
 
@@ -91,7 +91,7 @@ def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = Non
     (the network input the graph resizes to) and the NMS settings (:data:`POSTPROCESS_KEYS`);
     ``run_spec`` (the training run's whole spec, when exported from a checkpoint) lets ``eval`` /
     ``predict --artifact`` find the run's data and resolution with no other flag. Segmenters add
-    ``logits`` (``logits_at``: ``decoder`` or ``input``, :class:`SegmenterGraph`).
+    ``logits`` (``decoder`` or ``input``: :attr:`SegmenterGraph.logits_at` of ``full_logits``).
     """
     detector = is_detector(model)
     spec = getattr(model, "spec", None)
@@ -110,7 +110,7 @@ def model_metadata(model: nn.Module, precision: str, run_spec: dict | None = Non
         meta.update({k: json.dumps(getattr(model, k)) for k in POSTPROCESS_KEYS})
         meta["size"] = json.dumps(list(model.size))
     else:
-        meta["logits"] = logits_at
+        meta["logits"] = SegmenterGraph(model, full_logits).logits_at
     return meta
 
 
@@ -165,8 +165,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, fold: bo
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    logits_at = graph.logits_at if isinstance(graph, SegmenterGraph) else "input"
-    for key, value in model_metadata(model, precision, run_spec, logits_at).items():
+    for key, value in model_metadata(model, precision, run_spec, full_logits).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

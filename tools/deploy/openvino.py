@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .engines import EngineModel
-from .onnx import DETECTOR_FLOAT_SCOPE, SegmenterGraph, export_onnx, is_detector, model_metadata
+from .onnx import DETECTOR_FLOAT_SCOPE, export_onnx, is_detector, model_metadata
 
 __all__ = ["DETECTOR_FLOAT_SCOPE", "OPENVINO_PRECISIONS", "OpenVinoModel", "compile_model", "cpu_capabilities",
            "export_openvino", "read_metadata", "widen_signal_stack"]
@@ -141,8 +141,7 @@ def export_openvino(model: nn.Module, path: str | Path, precision: str = "fp32",
         ov_model = ov.convert_model(str(onnx_path))
     if precision == "int8":
         ov_model = _quantize(ov_model, calibration, is_detector(model), bias_correction)
-    logits_at = "input" if is_detector(model) else SegmenterGraph(model, full_logits).logits_at
-    for key, value in model_metadata(model, precision, run_spec, logits_at).items():
+    for key, value in model_metadata(model, precision, run_spec, full_logits).items():
         ov_model.set_rt_info(value, ["mobiledense", key])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
     return path

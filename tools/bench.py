@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
            for name, low in (("repeats", 1), ("warmup", 0), ("batch", 1), ("seg_batch", 1), ("eval_images", 1),
                              ("eval_dets", 1), ("threads", 1))
            if getattr(args, name) is not None and getattr(args, name) < low]
+    if args.seg_checkpoint is not None and not Path(args.seg_checkpoint).is_file():
+        bad.append(f"--seg-checkpoint {args.seg_checkpoint}: no such file")
     if bad:
         raise ValueError("; ".join(bad))
     if args.threads:

@@ -173,3 +173,8 @@ def test_seg_checkpoint_gives_torchvision_the_same_trained_weights_and_the_runs_
                                   tmp_path / "small.pt")
     with pytest.raises(ValueError, match="not an LR-ASPP MobileNetV3-Large in torchvision's layout"):
         _seg_pair("cpu", other)
+
+
+def test_a_missing_seg_checkpoint_is_an_error_not_a_skipped_section(tmp_path, capsys) -> None:
+    assert main(["bench", "--smoke", "--only", "deploy", "--seg-checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert f"--seg-checkpoint {tmp_path / 'missing.pt'}: no such file" in capsys.readouterr().err
